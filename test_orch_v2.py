@@ -7,11 +7,13 @@ at the capture instant (libfaketime).  Nothing is mocked.  Run: python -m pytest
 
 import base64
 import contextlib
+import datetime
 import glob
 import http.client
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -29,7 +31,9 @@ import orch_v2
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TESTDATA = os.path.join(HERE, "testdata")
-SHARED = os.environ.get("ORCH_V2_SHARED", os.path.join(HERE, "..", "shared"))
+SHARED = os.environ.get("ORCH_V2_SHARED") or next(
+    (path for path in (os.path.join(HERE, "..", "shared"), "/work/shared") if os.path.isdir(path)),
+    os.path.join(HERE, "..", "shared"))
 FIXTURES = os.path.join(SHARED, "fixtures")
 IN_CI = os.environ.get("CI") == "true"
 
@@ -423,6 +427,147 @@ def assert_same_json(actual, expected, what):
 def shared_fixtures():
     require(os.path.isdir(FIXTURES), f"the shared fixtures ({FIXTURES})")
     return FIXTURES
+
+
+# ======================================================================================= hand-made rows
+
+def _absolute_time(value, now):
+    """'@now', '@now+3600', '@now-300' as UTC 'YYYY-MM-DD HH:MM:SS'; anything else unchanged."""
+    match = re.fullmatch(r"@now([+-][0-9]+)?", value) if isinstance(value, str) else None
+    if not match:
+        return value
+    moment = now + datetime.timedelta(seconds=int(match.group(1) or 0))
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def dataset_rows(*names):
+    """Rows of testdata/<name>.json datasets, completed from testdata/defaults.json: {table: [rows]}.
+
+    A database_instance row with "replica_of": "host:port" also gets the "replica" defaults (a running
+    replica of that master).  Keys starting with '_' are comments.
+    """
+    with open(os.path.join(TESTDATA, "defaults.json")) as stream:
+        defaults = json.load(stream)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    tables = {}
+    for name in names:
+        with open(os.path.join(TESTDATA, f"{name}.json")) as stream:
+            dataset = json.load(stream)
+        for table, rows in dataset["tables"].items():
+            for given in rows:
+                row = dict(defaults.get(table, {}))
+                given = dict(given)
+                if "replica_of" in given:
+                    host, port = given.pop("replica_of").rsplit(":", 1)
+                    row.update(defaults["replica"], master_host=host, master_port=int(port))
+                row.update(given)
+                tables.setdefault(table, []).append(
+                    {column: _absolute_time(value, now) for column, value in row.items() if not column.startswith("_")})
+    return tables
+
+
+class Store:
+    """Where a test's hand-made rows live: a database on the session's MariaDB, or an orchestrator SQLite file.
+
+    Both get orchestrator's real schema (testdata/schema-*.sql); orch_v2 reads MySQL as a SELECT-only user.
+    """
+
+    def __init__(self, kind, mariadb=None):
+        self.kind = kind
+        self.mariadb = mariadb
+        self.servers = []
+        self.directory = tempfile.mkdtemp(prefix=f"orch_v2-test-{kind}-")
+        if kind == "mysql":
+            self.database = "orch_" + secrets.token_hex(4)
+            mariadb.execute(f"CREATE DATABASE `{self.database}`")
+            mariadb.load(os.path.join(TESTDATA, "schema-mysql.sql"), self.database)
+            self.user, self.password = mariadb.create_reader(self.database, user="r_" + self.database)
+        else:
+            self.path = os.path.join(self.directory, "orchestrator.db")
+            with contextlib.closing(sqlite3.connect(self.path)) as connection:
+                connection.execute("PRAGMA journal_mode = WAL")  # as orchestrator runs its file
+                with open(os.path.join(TESTDATA, "schema-sqlite.sql")) as stream:
+                    connection.executescript(stream.read())
+
+    def execute(self, statement, params=()):
+        """Run a writing statement (with ? placeholders) as orchestrator would, outside orch_v2."""
+        if self.kind == "mysql":
+            with contextlib.closing(self.mariadb.connect(self.database)) as connection:
+                with connection.cursor() as cursor:
+                    cursor.execute(statement.replace("%", "%%").replace("?", "%s"), tuple(params))
+                    return cursor.fetchall()
+        with contextlib.closing(sqlite3.connect(self.path, timeout=10)) as connection:
+            rows = connection.execute(statement, tuple(params)).fetchall()
+            connection.commit()
+            return rows
+
+    def insert(self, tables):
+        for table, rows in tables.items():
+            for row in rows:
+                columns = ", ".join(row)
+                self.execute(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})",
+                             list(row.values()))
+
+    def load(self, *names):
+        """Insert the rows of testdata datasets; returns self."""
+        self.insert(dataset_rows(*names))
+        return self
+
+    def settings(self, **extra):
+        """orchestrator.conf.json settings that point at this store."""
+        if self.kind == "mysql":
+            settings = {"MySQLOrchestratorHost": "127.0.0.1", "MySQLOrchestratorPort": self.mariadb.port,
+                        "MySQLOrchestratorDatabase": self.database, "MySQLOrchestratorUser": self.user,
+                        "MySQLOrchestratorPassword": self.password, "MySQLConnectTimeoutSeconds": 1}
+        else:
+            settings = {"BackendDB": "sqlite", "SQLite3DataFile": self.path}
+        settings.update(HostnameResolveMethod="none", **extra)
+        return settings
+
+    def serve(self, **extra):
+        """orch_v2 on this store (stopped at the end of the test)."""
+        orch = OrchV2(self.settings(**extra), directory=self.directory)
+        self.servers.append(orch)
+        return orch
+
+    def drop(self):
+        for orch in self.servers:
+            orch.close()
+        if self.kind == "mysql" and self.mariadb.process is not None:
+            self.mariadb.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+            self.mariadb.execute(f"DROP USER IF EXISTS '{self.user}'@'%'")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def live_mariadb():
+    """A MariaDB whose clock runs, shared by the tests of the session (each uses its own database)."""
+    db = MariaDB("live").start()
+    yield db
+    db.destroy()
+
+
+@pytest.fixture(params=["mysql", "sqlite"])
+def store(request):
+    """A fresh store on each backend: the hand-made suite runs once on MySQL and once on SQLite."""
+    mariadb = request.getfixturevalue("live_mariadb") if request.param == "mysql" else None
+    created = Store(request.param, mariadb)
+    yield created
+    created.drop()
+
+
+@pytest.fixture
+def mysql_store(live_mariadb):
+    created = Store("mysql", live_mariadb)
+    yield created
+    created.drop()
+
+
+@pytest.fixture
+def sqlite_store():
+    created = Store("sqlite")
+    yield created
+    created.drop()
 
 
 # =============================================================================== conformance (fixtures)
