@@ -29,7 +29,7 @@ setup(
             "PyYAML>=6",
             "openapi-spec-validator>=0.7",
             "openapi-schema-validator>=0.6",
-            "schemathesis>=3.19",
+            "schemathesis>=4.0",
             "trustme>=1.0",
         ],
     },
