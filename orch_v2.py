@@ -22,6 +22,7 @@ import collections
 import contextlib
 import datetime
 import decimal
+import functools
 import hashlib
 import hmac
 import http.server
@@ -33,6 +34,7 @@ import os
 import queue
 import re
 import secrets
+import select
 import selectors
 import signal
 import socket
@@ -82,6 +84,7 @@ MAX_HINT_LENGTH = 255  # decision D1: longer hints and hosts cannot be stored in
 MAX_REQUEST_LINE = 8192
 MAX_REQUEST_HEAD = 65536
 DEFAULT_THREADS = 16
+KEEP_ALIVE_LINGER_SECONDS = 0.005  # how long a free worker waits for a keep-alive client's next request
 QUICK_WORKERS = 2  # workers kept for answers that need no backend, so that a hung backend cannot delay them
 DEFAULT_REQUEST_TIMEOUT = 10.0
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -620,6 +623,26 @@ def _length_encoded(data, position):
     return int.from_bytes(data[position + 1:position + 1 + size], "little"), position + 1 + size
 
 
+SERVER_MORE_RESULTS_EXISTS = 8  # MySQL protocol status flag
+
+
+def _read_mysql_packet(connection):
+    """The payload of one MySQL packet read on a PyMySQL connection (several packets for 16 MB and over)."""
+    pymysql = _import_pymysql()
+    payload = b""
+    while True:
+        header = connection._read_bytes(4)
+        length = header[0] | header[1] << 8 | header[2] << 16
+        if header[3] != connection._next_seq_id:
+            connection._force_close()
+            raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query "
+                                                     "(packet out of sequence)")
+        connection._next_seq_id = (header[3] + 1) % 256
+        payload += connection._read_bytes(length)
+        if length < 0xFFFFFF:
+            return payload
+
+
 def _pymysql_connection_class(send_session_statements):
     """PyMySQL's Connection, failing when TLS was asked for and the server offers none, reading text results.
 
@@ -641,7 +664,7 @@ def _pymysql_connection_class(send_session_statements):
         def _get_descriptions(self):
             connection, names, self._encodings = self.connection, [], []
             for _ in range(self.field_count):
-                data = connection._read_packet()._data
+                data = _read_mysql_packet(connection)
                 position = 0
                 for _ in range(4):  # catalog, schema, table, original table
                     length, position = _length_encoded(data, position)
@@ -653,13 +676,33 @@ def _pymysql_connection_class(send_session_statements):
                 charset, field_type = int.from_bytes(data[position:position + 2], "little"), data[position + 6]
                 binary = charset == 63 and field_type in pymysql.connections.TEXT_TYPES
                 self._encodings.append(None if binary else connection.encoding)
-            if not connection._read_packet().is_eof_packet():
+            if _read_mysql_packet(connection)[:1] != b"\xfe":
                 raise pymysql.err.InternalError("Protocol error: no EOF after the column definitions")
             self.converters = [(encoding, None) for encoding in self._encodings]
             self.description = tuple((name, None, None, None, None, None, None) for name in names)
 
+        def _read_rowdata_packet(self):
+            # All rows in one loop straight from the socket reader: no packet object and no method calls per
+            # row (the stock loop costs more than the rows on a 200-row result).
+            connection, rows = self.connection, []
+            while True:
+                data = _read_mysql_packet(connection)
+                if data[:1] == b"\xfe" and len(data) < 9:  # EOF: warnings, status flags
+                    self.warning_count = int.from_bytes(data[1:3], "little")
+                    self.has_next = bool(int.from_bytes(data[3:5], "little") & SERVER_MORE_RESULTS_EXISTS)
+                    break
+                if data[:1] == b"\xff":
+                    pymysql.protocol.MysqlPacket(data, connection.encoding).raise_for_error()
+                rows.append(self._parse_row(data, 0))
+            self.connection = None
+            self.affected_rows = len(rows)
+            self.rows = tuple(rows)
+
         def _read_row_from_packet(self, packet):
-            data, position, row = packet._data, packet._position, []
+            return self._parse_row(packet._data, packet._position)
+
+        def _parse_row(self, data, position):
+            row = []
             end = len(data)
             for encoding in self._encodings:
                 if position >= end:
@@ -743,6 +786,7 @@ class _Backend:
     def __init__(self, config):
         self.config = config
         self.resolver = _HostnameResolver(config)
+        self.records = _Records()
         self._local = threading.local()
         self._connections = set()
         self._lock = threading.Lock()
@@ -1088,6 +1132,46 @@ def _decode_key_list(cell):
 
 # ======================================================================================== domain reads
 
+class _Record(dict):
+    """An object built from backend rows that nobody changes afterwards; it keeps its JSON once encoded."""
+
+    __slots__ = ("json",)
+
+
+class _Records:
+    """Built objects by the exact inputs they were built from: a bounded, thread-safe LRU.
+
+    Building an instance or recovery object and encoding it cost more than reading its row.  The key holds
+    every input of the build (the row's cells and whatever else goes in), so an unchanged row gives the same
+    object and JSON bytes, and a changed one a new object: answers always follow the current rows.
+    """
+
+    def __init__(self, capacity=512):
+        self.capacity = capacity
+        self._entries = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, build):
+        with self._lock:
+            record = self._entries.get(key)
+            if record is not None:
+                self._entries.move_to_end(key)
+                return record
+        record = _Record(build())
+        record.json = None
+        with self._lock:
+            self._entries[key] = record
+            if len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return record
+
+
+def _record_json(record):
+    if record.json is None:
+        record.json = json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return record.json
+
+
 _INSTANCE_QUERY = """
 SELECT
     *,
@@ -1232,6 +1316,7 @@ def _is_storable(text):
     return text.isascii() and len(text) <= MAX_HINT_LENGTH
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_instance_key(text, default_port):
     """(host, port) from 'host:port', 'host', '[v6]:port' or a bare IPv6 host; None when unparseable."""
     for pattern, has_port in _INSTANCE_KEY_FORMS:
@@ -1265,7 +1350,7 @@ class _HostnameResolver:
 
     def resolve_many(self, backend, hosts):
         """Normalise many hosts with at most one hostname_resolve query: {host: (result, error)}."""
-        results, pending = {}, []
+        results, pending, now = {}, [], time.monotonic()
         for raw in hosts:
             host = raw.strip(_GO_SPACE)
             if not host:
@@ -1275,26 +1360,18 @@ class _HostnameResolver:
             elif host.startswith("//") or self.method == "none":
                 results[raw] = (host, None)
             else:
-                cached = self._cached(host)
-                if cached is not None:
-                    results[raw] = cached
-                else:
-                    pending.append((raw, host))
+                pending.append((raw, host))
+        with self._lock:  # step 6: the in-process cache
+            for raw, host in pending:
+                entry = self._cache.get(host)
+                if entry is not None and entry[1] >= now:
+                    results[raw] = entry[0]
+        pending = [(raw, host) for raw, host in pending if raw not in results]
         if pending:
             mapped = self._read_resolved(backend, sorted({host for _, host in pending}))
             for raw, host in pending:
                 results[raw] = (mapped[host], None) if mapped.get(host) else self._resolve_by_method(host)
         return results
-
-    def _cached(self, host):
-        with self._lock:
-            entry = self._cache.get(host)
-            if entry is None:
-                return None
-            if entry[1] < time.monotonic():
-                del self._cache[host]
-                return None
-            return entry[0]
 
     def _remember(self, host, result, seconds):
         with self._lock:
@@ -1482,7 +1559,7 @@ def _problems(instance, reasonable_lag):
     return problems
 
 
-def _instance_from_row(row, config):
+def _instance_from_row(row, config, snapshots=0):
     """The 87-field instance object of one instance-query row, in orchestrator's order."""
     instance = dict.fromkeys(_INSTANCE_KEYS)
     cell = row.get
@@ -1515,7 +1592,7 @@ def _instance_from_row(row, config):
     instance["SlaveHosts"] = instance["Replicas"]
     instance["IsUpToDate"] = seconds_since_checked <= poll_seconds
     instance["IsRecentlyChecked"] = seconds_since_checked <= (poll_seconds * 5) & UINT64_MAX
-    instance["CountMySQLSnapshots"] = 0
+    instance["CountMySQLSnapshots"] = snapshots
     instance["ElapsedDowntime"] = _int64(_int(cell("elapsed_downtime_seconds")) * 10 ** 9)  # nanoseconds
     instance["Problems"] = _problems(instance, config["ReasonableReplicationLagSeconds"])
     return instance
@@ -1538,12 +1615,13 @@ def _read_snapshot_counts(backend, hostnames):
 def _read_instances(backend, statement, params):
     """Instance objects for an instance-query condition, in the database's hostname, port order."""
     rows = backend.query(statement, params, timestamps=("last_seen",))
-    instances = [_instance_from_row(row, backend.config) for row in rows]
-    if backend.config["ServeAgentsHttp"] and instances:
-        counts = _read_snapshot_counts(backend, [instance["Key"]["Hostname"] for instance in instances])
-        for instance in instances:
-            instance["CountMySQLSnapshots"] = counts.get(instance["Key"]["Hostname"], 0)
-    return instances
+    counts = {}
+    if backend.config["ServeAgentsHttp"] and rows:
+        counts = _read_snapshot_counts(backend, [_text(row["hostname"]) for row in rows])
+    return [backend.records.get(("instance", tuple(row.values()), counts.get(_text(row["hostname"]), 0)),
+                                lambda row=row: _instance_from_row(row, backend.config,
+                                                                   counts.get(_text(row["hostname"]), 0)))
+            for row in rows]
 
 
 def read_instance(backend, host, port):
@@ -1585,7 +1663,8 @@ def _cluster_info(row, config):
 
 def read_clusters(backend):
     """Every cluster as ClusterInfo objects, in cluster_name order (spec: clusters-and-topology.md 3.1)."""
-    return [_cluster_info(row, backend.config) for row in backend.query(_ALL_CLUSTERS)]
+    return [backend.records.get(("cluster", tuple(row.values())), lambda row=row: _cluster_info(row, backend.config))
+            for row in backend.query(_ALL_CLUSTERS)]
 
 
 def _not_found_hint(hint):
@@ -1664,21 +1743,31 @@ def read_cluster_instances(backend, hint):
     return name, _read_instances(backend, _INSTANCES_BY_CLUSTER, (name,))
 
 
-def _parse_key_list(backend, cell):
-    """Instance keys of a comma list column, sorted and unique (spec: recoveries.md section 4)."""
-    tokens = _text(cell).split(",") if cell else []
-    default_port = backend.config["DefaultInstancePort"]
+_RECOVERY_KEY_LISTS = ("slave_hosts", "lost_slaves", "participating_instances")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_key_list(cell, default_port):
+    """The (host, port) keys of a comma list up to its first unparseable token (recoveries.md section 4)."""
     parsed = []
-    for token in tokens:
+    for token in cell.split(",") if cell else ():
         key = _parse_instance_key(token, default_port)
         if key is None:
             break  # the first bad token ends the list, as orchestrator stops at its first error
         parsed.append(key)
-    resolvable = [host for host, port in parsed if host != "_" and not host.startswith("//") and port > 0]
-    resolved = backend.resolver.resolve_many(backend, resolvable) if resolvable else {}
+    return tuple(parsed)
+
+
+def _is_resolvable(host, port):
+    """orchestrator normalises the host of a valid key only (not '_', not detached, a port)."""
+    return host != "_" and not host.startswith("//") and port > 0
+
+
+def _key_list(parsed, resolved):
+    """Sorted, unique Keys of a parsed comma list with its hosts normalised; a normalisation error ends it."""
     keys = set()
     for host, port in parsed:
-        if host in resolved:
+        if _is_resolvable(host, port):
             host, error = resolved[host]
             if error:
                 break
@@ -1686,10 +1775,9 @@ def _parse_key_list(backend, cell):
     return [_key(host, port) for host, port in sorted(keys)]
 
 
-def _analysis_entry(row, config):
+def _analysis_entry(row, replicas, config):
     """The AnalysisEntry of a recovery row: eight values from the row, the rest fixed (recoveries.md 3.2)."""
     name, alias = _text(row["cluster_name"]), _text(row["cluster_alias"])
-    replicas = row["_replicas"]
     entry = dict(_ANALYSIS_ENTRY_TEMPLATE)
     entry["AnalyzedInstanceKey"] = _key(_text(row["hostname"]), _int(row["port"]))
     entry["ClusterDetails"] = {
@@ -1735,20 +1823,19 @@ _ANALYSIS_ENTRY_TEMPLATE = dict(
     ))
 
 
-def _recovery_from_row(backend, row):
-    """One recovery object, in orchestrator's field order (spec: recoveries.md 3.1)."""
-    row["_replicas"] = _parse_key_list(backend, row["slave_hosts"])
+def _recovery_from_row(row, lists, config):
+    """One recovery object, in orchestrator's field order (spec: recoveries.md 3.1); lists: its key lists."""
     return {
         "Id": _int(row["recovery_id"]),
         "UID": _text(row["uid"]),
-        "AnalysisEntry": _analysis_entry(row, backend.config),
+        "AnalysisEntry": _analysis_entry(row, lists["slave_hosts"], config),
         "SuccessorKey": _key(_text(row["successor_hostname"]), _int(row["successor_port"])),
         "SuccessorAlias": _text(row["successor_alias"]),
         "SuccessorBinlogCoordinates": None,
         "IsActive": _bool(row["is_active"]),
         "IsSuccessful": _bool(row["is_successful"]),
-        "LostReplicas": _parse_key_list(backend, row["lost_slaves"]),
-        "ParticipatingInstanceKeys": _parse_key_list(backend, row["participating_instances"]),
+        "LostReplicas": lists["lost_slaves"],
+        "ParticipatingInstanceKeys": lists["participating_instances"],
         "AllErrors": _text(row["all_errors"]).split("\n"),
         "RecoveryStartTimestamp": _text(row["start_active_period"]),
         "RecoveryEndTimestamp": _text(row["end_recovery"]),
@@ -1766,17 +1853,20 @@ def _recovery_from_row(backend, row):
 
 
 def _recoveries_from_rows(backend, rows):
-    # Resolve every host of the page in one query first; the per-row parses then hit the cache.
-    hosts = set()
-    for row in rows:
-        for column in ("slave_hosts", "lost_slaves", "participating_instances"):
-            for token in _text(row[column]).split(","):
-                key = _parse_instance_key(token, backend.config["DefaultInstancePort"])
-                if key and key[0] != "_" and not key[0].startswith("//") and key[1] > 0:
-                    hosts.add(key[0])
-    if hosts:
-        backend.resolver.resolve_many(backend, sorted(hosts))
-    return [_recovery_from_row(backend, row) for row in rows]
+    """Recovery objects of query rows; the hosts of every comma list of the page are normalised at once."""
+    default_port = backend.config["DefaultInstancePort"]
+    parsed = [[_parsed_key_list(_text(row[column]), default_port) for column in _RECOVERY_KEY_LISTS] for row in rows]
+    hosts = {host for lists in parsed for keys in lists for host, port in keys if _is_resolvable(host, port)}
+    resolved = backend.resolver.resolve_many(backend, sorted(hosts)) if hosts else {}
+    recoveries = []
+    for row, lists in zip(rows, parsed):
+        # The row's cells and the normalisation of its hosts are everything the object is made of.
+        normalised = tuple(resolved[host] for keys in lists for host, port in keys if _is_resolvable(host, port))
+        recoveries.append(backend.records.get(
+            ("recovery", tuple(row.values()), normalised),
+            lambda row=row, lists=lists: _recovery_from_row(
+                row, dict(zip(_RECOVERY_KEY_LISTS, (_key_list(keys, resolved) for keys in lists))), backend.config)))
+    return recoveries
 
 
 def read_recoveries(backend, cluster="", alias="", page=0, unacknowledged=False):
@@ -2048,6 +2138,10 @@ class _Document:
 
 def _envelope(data=None, error=None):
     """The JSON envelope of every API answer, as bytes (decision D15: standard JSON, ASCII-escaped)."""
+    if error is None and isinstance(data, _Record):
+        return b'{"status":"ok","data":' + _record_json(data) + b"}"
+    if error is None and isinstance(data, list) and data and all(type(item) is _Record for item in data):
+        return b'{"status":"ok","data":[' + b",".join(map(_record_json, data)) + b"]}"
     if error is None:
         body = {"status": "ok", "data": data}
     else:
@@ -2155,6 +2249,8 @@ _PERCENT_ENCODED = re.compile(r"(?:[^%]|%[0-9A-Fa-f]{2})*")
 
 def _decode_segment(segment):
     """Percent-decode one path segment once, as UTF-8 ('+' stays '+'); 400 INVALID_REQUEST otherwise."""
+    if "%" not in segment and segment.isascii():
+        return segment
     if not _PERCENT_ENCODED.fullmatch(segment):
         raise ApiError(400, "INVALID_REQUEST", "Invalid request path: malformed percent-encoding")
     try:
@@ -2327,7 +2423,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def _request_id(self):
         headers = getattr(self, "headers", None)
         supplied = headers.get("X-Request-Id", "") if headers is not None else ""
-        return supplied if _CLIENT_REQUEST_ID.fullmatch(supplied) else secrets.token_hex(8)
+        return supplied if _CLIENT_REQUEST_ID.fullmatch(supplied) else self.server.new_request_id()
 
     def _respond(self, result):
         """Encode the whole answer before sending anything, so that a failure can still become a 500."""
@@ -2430,6 +2526,14 @@ class ApiServer:
         self._tls = _server_tls_context(config)
         self._listener, self.address = _listen(config)
         self.max_connections = _max_open_connections()
+        self.parent_pid = None  # set in a forked serving process: it stops when its parent is gone
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._wake_sender = None
+
+    def _open_loop(self):
+        """The I/O loop's own state, made in the process that serves (after any fork: an epoll set must
+        not be shared between processes)."""
         self._selector = selectors.DefaultSelector()
         self._wake_receiver, self._wake_sender = socket.socketpair()
         self._wake_receiver.setblocking(False)
@@ -2440,8 +2544,10 @@ class ApiServer:
         self._parked = {}
         self._busy = 0
         self._busy_changed = threading.Condition()
-        self._stopping = threading.Event()
-        self._stopped = threading.Event()
+        self._request_ids = itertools.count(1)
+        self._request_id_prefix = secrets.token_hex(4)  # distinguishes this process's ids from another's
+        if self._stopping.is_set():
+            self._wake()
 
     @property
     def url(self):
@@ -2461,6 +2567,9 @@ class ApiServer:
             except (OSError, ValueError):
                 pass  # a closed log must not break serving
 
+    def new_request_id(self):
+        return f"{self._request_id_prefix}-{next(self._request_ids):x}"
+
     def scrub(self, text):
         for secret in self._secrets:
             text = text.replace(secret, "****")
@@ -2479,6 +2588,7 @@ class ApiServer:
 
     def serve_forever(self):
         """Serve until shutdown(); then finish requests in flight (up to 10 s) and close everything."""
+        self._open_loop()
         workers = [threading.Thread(target=self._work, args=(self._tasks,), name=f"orch_v2-worker-{number}",
                                     daemon=True) for number in range(self.threads)]
         workers += [threading.Thread(target=self._work, args=(self._quick_tasks,), name=f"orch_v2-quick-{number}",
@@ -2501,6 +2611,8 @@ class ApiServer:
                 if time.monotonic() >= next_sweep:
                     self._close_expired()
                     next_sweep = time.monotonic() + 0.25
+                    if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                        self._stopping.set()  # the process that started this one is gone
         finally:
             self._finish(workers)
 
@@ -2514,7 +2626,8 @@ class ApiServer:
 
     def _wake(self):
         try:
-            self._wake_sender.send(b"\0")
+            if self._wake_sender is not None:
+                self._wake_sender.send(b"\0")
         except OSError:
             pass  # the wake-up socket is full or closed: the loop is awake or gone
 
@@ -2614,7 +2727,7 @@ class ApiServer:
             with self._busy_changed:
                 self._busy += 1
             try:
-                self._serve(connection)
+                self._serve(connection, tasks)
             except Exception:
                 self.log(f"connection from {connection.address[0]} failed\n{traceback.format_exc().rstrip()}")
                 self._close_socket(connection.sock)
@@ -2623,19 +2736,22 @@ class ApiServer:
                     self._busy -= 1
                     self._busy_changed.notify_all()
 
-    def _serve(self, connection):
-        """Answer the requests buffered on a connection, then hand it back to the I/O thread or close it."""
+    def _serve(self, connection, tasks):
+        """Answer the requests on a connection, then hand it back to the I/O thread or close it."""
         sock = connection.sock
         sock.settimeout(self.request_timeout)
         try:
             while True:
+                if tasks is self._quick_tasks and not self._needs_no_backend(connection.buffer):
+                    self._tasks.put(connection)  # a quick worker never waits on the backend
+                    return
                 head, connection.buffer = _split_head(connection.buffer)
                 handler = RequestHandler(self, connection, head)
                 handler.handle_one_request()
                 if handler.close_connection or self._stopping.is_set():
                     self._close_socket(sock)
                     return
-                if not _request_head_ready(connection.buffer):
+                if not _request_head_ready(connection.buffer) and not self._next_request(connection, tasks):
                     break
         except (OSError, ssl.SSLError):  # the client went away or stopped reading
             self._close_socket(sock)
@@ -2644,6 +2760,26 @@ class ApiServer:
         connection.deadline = time.monotonic() + self.request_timeout
         self._handed_back.append(connection)
         self._wake()
+
+    @staticmethod
+    def _next_request(connection, tasks):
+        """Wait a moment for the client's next request when no other connection waits for a worker.
+
+        A busy keep-alive client sends it within a millisecond or so; answering it here saves the round trip
+        through the I/O thread.  True when a whole request head has arrived.
+        """
+        sock = connection.sock
+        if not tasks.empty():
+            return False
+        if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            readable, _, _ = select.select([sock], [], [], KEEP_ALIVE_LINGER_SECONDS)
+            if not readable:
+                return False
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("closed by the client")
+        connection.buffer += data
+        return _request_head_ready(connection.buffer)
 
     @staticmethod
     def _close_socket(sock):
@@ -3019,6 +3155,10 @@ def _argument_parser():
     source.add_argument("--demo", action="store_true",
                         help="serve a demo orchestrator state from a temporary SQLite file (nothing to install)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on, instead of ListenAddress")
+    parser.add_argument("--processes", type=int, default=1, metavar="P",
+                        help="serving processes sharing the listening socket, each with its own threads and "
+                             "backend connections: Python runs one thread at a time, so P processes use P cores "
+                             "(default 1)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
                         help=f"worker threads, and so at most N backend connections (default {DEFAULT_THREADS})")
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, metavar="SECONDS",
@@ -3032,8 +3172,8 @@ def _argument_parser():
 def main(argv=None):
     """Command line: python -m orch_v2 [--config FILE | --demo] [--listen HOST:PORT]; returns the exit status."""
     arguments = _argument_parser().parse_args(argv)
-    if arguments.threads < 1 or not arguments.request_timeout > 0:
-        sys.stderr.write("orch_v2: error: --threads and --request-timeout must be positive\n")
+    if arguments.threads < 1 or arguments.processes < 1 or not arguments.request_timeout > 0:
+        sys.stderr.write("orch_v2: error: --threads, --processes and --request-timeout must be positive\n")
         return 2
     demo_directory = heartbeat = None
     try:
@@ -3058,29 +3198,82 @@ def main(argv=None):
         return 2
     for warning in config.warnings:
         server.log(f"warning: {warning}")
-    if arguments.demo:
-        heartbeat = _DemoHeartbeat(demo_path)
-        heartbeat.start()
     files = ", ".join(config.files) or "none found, orchestrator's defaults"
     server.log(f"orch_v2 {__version__} serving {server.url} (backend: {backend.describe()}; "
                f"prefix: {config.url_prefix or 'none'}; configuration: {'demo' if arguments.demo else files}; "
-               f"{server.threads} threads)")
+               f"{arguments.processes} x {server.threads} threads)")
     if arguments.demo:
         examples = ["/clusters", "/clusters/orders", "/clusters/orders/instances", "/clusters/orders/topology",
                     "/clusters/ledger/topology", "/instances/db-orders-2/3306", "/recoveries",
                     "/recoveries/active", "/status", "/proxysql/servers", "/openapi.yaml"]
         server.log("try:\n" + "\n".join(f"  curl -s {server.url}{path}" for path in examples))
+    children = _fork_servers(server, arguments.processes - 1)
+    if children is None:  # a forked serving process: it has served and stopped
+        os._exit(0)
+
+    def stop(number, frame):
+        server.shutdown()
+        for child in children:
+            _signal_process(child, signal.SIGTERM)
+
     for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda number, frame: server.shutdown())
+        signal.signal(signal_number, stop)
+    if arguments.demo:
+        heartbeat = _DemoHeartbeat(demo_path)
+        heartbeat.start()
     try:
         server.serve_forever()
     finally:
+        _wait_for_processes(children, SHUTDOWN_GRACE_SECONDS + 5)
         if heartbeat is not None:
             heartbeat.stopped.set()
             heartbeat.join(5)
         _remove_demo(demo_directory)
     server.log("orch_v2 stopped")
     return 0
+
+
+def _fork_servers(server, count):
+    """Fork count more processes serving on the same listening socket, before any thread starts.
+
+    Returns their pids in this process, None in a forked process once it has served.
+    """
+    children = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            server.parent_pid = os.getppid()
+            for signal_number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signal_number, lambda number, frame: server.shutdown())
+            try:
+                server.serve_forever()
+            except BaseException:
+                server.log(f"serving process {os.getpid()} failed\n{traceback.format_exc().rstrip()}")
+            return None
+        children.append(pid)
+    return children
+
+
+def _signal_process(pid, signal_number):
+    try:
+        os.kill(pid, signal_number)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for_processes(pids, timeout):
+    """Reap the forked serving processes; kill any still running after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    _signal_process(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.05)
+        except ChildProcessError:
+            pass  # already reaped
 
 
 def _remove_demo(directory):
