@@ -426,6 +426,10 @@ class Config:
         self.files = tuple(files)
         self.warnings = []
         self.backend_kind = "sqlite" if "sqlite" in values["BackendDB"] else "mysql"
+        if self.backend_kind == "mysql" and values["BackendDB"].lower() not in ("mysql", ""):
+            # orchestrator itself runs on MySQL with such a value, so that is the backend to read
+            self.warnings.append(f"BackendDB {values['BackendDB']!r} is read as MySQL, as orchestrator reads it "
+                                 "(only a value containing 'sqlite' selects SQLite)")
         self.url_prefix = values["URLPrefix"]
         self.alias_patterns = [(self._compile("ClusterNameToAlias", pattern) if pattern else None, alias)
                                for pattern, alias in values["ClusterNameToAlias"].items()]

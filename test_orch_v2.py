@@ -810,6 +810,15 @@ class TestDefaultConfigurationFiles:
 class TestConfigAdjustments:
     """config.md 2.2: the backend password from the environment, URLPrefix and RaftAdvertise."""
 
+    @pytest.mark.parametrize("value, kind, warned", [
+        ("mysql", "mysql", False), ("MySQL", "mysql", False), ("", "mysql", False), ("sqlite", "sqlite", False),
+        ("sqlite3", "sqlite", False), ("SQLite3", "mysql", True), ("postgres", "mysql", True)])
+    def test_backend_is_sqlite_only_when_it_contains_sqlite(self, tmp_path, value, kind, warned):
+        """config.md 3.1: any other value is MySQL, as orchestrator reads it; an unusual one is warned about."""
+        config = load_settings(tmp_path, {"BackendDB": value, "SQLite3DataFile": "/tmp/x.db"})
+        assert config.backend_kind == kind
+        assert any("BackendDB" in warning for warning in config.warnings) == warned
+
     def test_variable_password_is_replaced_whole(self, tmp_path, monkeypatch):
         """config.md 2.2 step 2: `pre${ZZ_PW}post` with ZZ_PW=envsecret gives envsecret."""
         monkeypatch.setenv("ZZ_PW", "envsecret")
