@@ -445,8 +445,8 @@ class Config:
         if not values["ListenSocket"]:
             self.listen = _parse_listen_address(values["ListenAddress"])
             if self.listen is None:
-                raise ConfigError(f"ListenAddress {values['ListenAddress']!r} is not host:port "
-                                  "(for example 127.0.0.1:3000, :3000 or [::1]:3000)")
+                raise ConfigError(f"ListenAddress {values['ListenAddress']!r} is not host:port with a port up to "
+                                  "65535 (for example 127.0.0.1:3000, :3000 or [::1]:3000)")
         if values["AuthenticationMethod"].lower() == "multi" and not values["HTTPAuthUser"]:
             raise ConfigError("AuthenticationMethod multi needs a non-empty HTTPAuthUser")
         if self.backend_kind == "sqlite":
@@ -494,7 +494,11 @@ def load_config(path=None):
     files = [path] if path is not None else [name for name in DEFAULT_CONFIG_FILES if os.path.exists(name)]
     for name in files:
         _apply_config_file(values, name)
-    return Config(values, files)
+    config = Config(values, files)
+    if not files:
+        config.warnings.append("no configuration file found (" + ", ".join(DEFAULT_CONFIG_FILES) +
+                               "): orchestrator's defaults apply; use --config FILE")
+    return config
 
 
 # ====================================================================================== backend access
@@ -549,8 +553,10 @@ _SQLITE_TIME = re.compile(
     r"(?:[ T]([0-9]{1,2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]+))?(?:([+-])([0-9]{2}):([0-9]{2}))?)?)?")
 
 
-def _rfc3339(moment, fraction="", offset="Z"):
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + ("." + fraction if fraction else "") + offset
+def _rfc3339(moment, fraction="", offset="Z", year=None):
+    # The year always has four digits, as Go writes it (strftime's %Y drops the zeros of years before 1000).
+    year = moment.year if year is None else year
+    return f"{year:04d}" + moment.strftime("-%m-%dT%H:%M:%S") + ("." + fraction if fraction else "") + offset
 
 
 def _sqlite_timestamp_text(value):
@@ -572,14 +578,20 @@ def _sqlite_timestamp_text(value):
         return ZERO_TIME
     year, month, day, hour, minute, second, fraction, sign, offset_hours, offset_minutes = match.groups()
     try:
-        moment = datetime.datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0),
+        # Go's calendar has a year 0000, a leap year like 2000, which Python's datetime lacks: check it as 2000.
+        moment = datetime.datetime(int(year) or 2000, int(month), int(day), int(hour or 0), int(minute or 0),
                                    int(second or 0))
     except ValueError:
         return ZERO_TIME
     offset = "Z"
     if sign and (offset_hours, offset_minutes) != ("00", "00"):
         offset = f"{sign}{offset_hours}:{offset_minutes}"
-    return _rfc3339(moment, (fraction or "")[:9].rstrip("0"), offset)
+    return _rfc3339(moment, (fraction or "")[:9].rstrip("0"), offset, year=int(year))
+
+
+def _sqlite_timestamp_cell(value):
+    """A cell of a bare `timestamp` column: the driver converts TEXT and INTEGER, never a BLOB (bytes)."""
+    return _cell_text(value) if isinstance(value, bytes) else _sqlite_timestamp_text(value)
 
 
 # orchestrator writes its statements for MySQL and rewrites them for SQLite; orch_v2 does the same, with
@@ -876,7 +888,8 @@ class MySQLBackend(_Backend):
             raise ConfigError(f"MySQLOrchestratorPort {port} is not a TCP port")
         self.address = f"{host}:{port}"
         connect_timeout = config["MySQLConnectTimeoutSeconds"]
-        read_timeout = config["MySQLOrchestratorReadTimeoutSeconds"]
+        # a socket timeout cannot exceed a year or so: longer ones are the same as a year (as for connecting)
+        read_timeout = min(config["MySQLOrchestratorReadTimeoutSeconds"], 31536000)
         self._connect_arguments = dict(
             host=host, port=port, user=config["MySQLOrchestratorUser"],
             password=config["MySQLOrchestratorPassword"], database=config["MySQLOrchestratorDatabase"] or None,
@@ -993,7 +1006,10 @@ class SQLiteBackend(_Backend):
         try:
             connection = self._connect()
             try:
-                connection.execute("PRAGMA schema_version").fetchall()
+                tables = connection.execute("SELECT name FROM sqlite_master WHERE name = 'database_instance'")
+                if not tables.fetchall():  # orchestrator may not have created its tables yet
+                    self.config.warnings.append(f"SQLite3DataFile {self.path} has no orchestrator tables "
+                                                "(yet): requests fail until orchestrator creates them")
             finally:
                 connection.close()
         except sqlite3.Error as error:
@@ -1006,7 +1022,8 @@ class SQLiteBackend(_Backend):
         # isolation_level None: never an implicit transaction; timeout: orchestrator's 5 s busy timeout.
         connection = sqlite3.connect(self._uri, uri=True, timeout=5, isolation_level=None,
                                      check_same_thread=False)
-        connection.text_factory = bytes  # decoded by _cell_text, with U+FFFD for invalid bytes
+        # TEXT decoded here, with U+FFFD for invalid bytes; BLOBs stay bytes, so that they can be told apart
+        connection.text_factory = _decode_utf8
         return connection
 
     def _run(self, statement, params):
@@ -1037,8 +1054,9 @@ class SQLiteBackend(_Backend):
 
     @staticmethod
     def _text_rows(columns, rows, timestamps):
-        # SQLite returns integers, floats and bytes: each cell becomes text as orchestrator's driver makes it.
-        conversions = [_sqlite_timestamp_text if name in timestamps else _cell_text for name in columns]
+        # SQLite returns integers, floats, texts and BLOBs (bytes): each cell becomes text as orchestrator's
+        # driver makes it.
+        conversions = [_sqlite_timestamp_cell if name in timestamps else _cell_text for name in columns]
         return [dict(zip(columns, [convert(cell) for convert, cell in zip(conversions, row)])) for row in rows]
 
 
@@ -1060,18 +1078,28 @@ def _text(cell):
     return "" if cell is None else cell
 
 
+def _decimal(text):
+    """int(text) for decimal text ([+-]?[0-9]+); one too long for int() (4300 digits) still has its value
+    when that is small (leading zeros), else it counts as +-2**65, beyond every range checked."""
+    if len(text) < 4300:
+        return int(text)
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    value = int(digits) if len(digits) <= 20 else 2 ** 65
+    return -value if text[0] == "-" else value
+
+
 def _int(cell):
     """orchestrator's integer conversion: decimal text clamped to int64, anything else 0."""
     if cell is None or not cell.isascii() or not (cell.isdigit() or _SIGNED_DIGITS.fullmatch(cell)):
         return 0
-    return max(INT64_MIN, min(INT64_MAX, int(cell)))
+    return max(INT64_MIN, min(INT64_MAX, _decimal(cell)))
 
 
 def _uint(cell):
     """orchestrator's unsigned conversion: plain digits clamped to uint64, anything else 0."""
     if cell is None or not cell.isascii() or not cell.isdigit():
         return 0
-    return min(UINT64_MAX, int(cell))
+    return min(UINT64_MAX, _decimal(cell))
 
 
 def _bool(cell):
@@ -1081,7 +1109,7 @@ def _bool(cell):
 def _nullint(cell):
     """A Go sql.NullInt64: valid only for decimal text within int64."""
     if cell is not None and cell.isascii() and (cell.isdigit() or _SIGNED_DIGITS.fullmatch(cell)):
-        value = int(cell)
+        value = _decimal(cell)
         if INT64_MIN <= value <= INT64_MAX:
             return {"Int64": value, "Valid": True}
     return {"Int64": 0, "Valid": False}
@@ -1320,13 +1348,26 @@ def _is_storable(text):
     return text.isascii() and len(text) <= MAX_HINT_LENGTH
 
 
-@functools.lru_cache(maxsize=4096)
+def _memoized_for_short_text(longest, size):
+    """Memoize a pure function of a text (and more) for texts up to `longest` characters: hints and comma
+    lists come back on every request, while keeping long ones could hold a lot of memory."""
+    def decorate(function):
+        memoized = functools.lru_cache(maxsize=size)(function)
+
+        @functools.wraps(function)
+        def call(text, *rest):
+            return memoized(text, *rest) if len(text) <= longest else function(text, *rest)
+        return call
+    return decorate
+
+
+@_memoized_for_short_text(300, 4096)
 def _parse_instance_key(text, default_port):
     """(host, port) from 'host:port', 'host', '[v6]:port' or a bare IPv6 host; None when unparseable."""
     for pattern, has_port in _INSTANCE_KEY_FORMS:
         match = pattern.fullmatch(text)
         if match:
-            port = int(match.group(2)) if has_port else default_port
+            port = _decimal(match.group(2)) if has_port else default_port
             return (match.group(1), port) if port <= INT64_MAX else None
     return None
 
@@ -1631,17 +1672,20 @@ def _read_instances(backend, statement, params):
 def read_instance(backend, host, port):
     """The instance object for a normalised key, after the fuzzy step; None when absent (instance.md 1.4-1.5)."""
     instances = _read_instances(backend, _INSTANCE_BY_KEY, (host, port))
-    if instances:
+    exact = instances[0] if instances else None
+    if exact is not None and not host.endswith(" "):
         # An existing exact key matches its own fuzzy pattern, so the fuzzy step could only return it again.
-        return instances[0]
-    if not host or _IPV4_SHAPED.fullmatch(host):
-        return None
+        # Not so for a trailing space (kept by a //host), which MySQL's = ignores and LIKE does not.
+        return exact
+    if not host or _IPV4_SHAPED.fullmatch(host) or "\0" in host:
+        # SQLite's LIKE would stop at a NUL (MySQL's does not); no stored hostname holds one
+        return exact
     try:
         matches = backend.query(_FUZZY_INSTANCE, (_like_literal(host), port))
     except BackendError:
-        return None  # orchestrator ignores a failed fuzzy lookup and keeps the key, which has no row
+        return exact  # orchestrator ignores a failed fuzzy lookup and keeps the key
     if len(matches) != 1:
-        return None
+        return exact
     instances = _read_instances(backend, _INSTANCE_BY_KEY, (matches[0]["hostname"], _int(matches[0]["port"])))
     return instances[0] if instances else None
 
@@ -1692,7 +1736,7 @@ def _cluster_of_instance(backend, hint):
     if parsed is None:
         return None
     host, port = parsed
-    if _IPV4_SHAPED.fullmatch(host):
+    if _IPV4_SHAPED.fullmatch(host) or "\0" in host:  # no fuzzy step: see read_instance
         rows = backend.query(_HINT_INSTANCE_EXACT, (host, port))
     else:
         rows = backend.query(_HINT_INSTANCE, (host, port, host, port, _like_literal(host), port))
@@ -1750,7 +1794,7 @@ def read_cluster_instances(backend, hint):
 _RECOVERY_KEY_LISTS = ("slave_hosts", "lost_slaves", "participating_instances")
 
 
-@functools.lru_cache(maxsize=4096)
+@_memoized_for_short_text(2000, 1024)
 def _parsed_key_list(cell, default_port):
     """The (host, port) keys of a comma list up to its first unparseable token (recoveries.md section 4)."""
     parsed = []
@@ -1965,10 +2009,10 @@ def _proxysql_entry(number, row):
         cell = _cell_text(row[index]) if index < len(row) else None
         if kind is int:
             if cell is None or not cell.isascii() or not _SIGNED_DIGITS.fullmatch(cell) or \
-                    not INT64_MIN <= int(cell) <= INT64_MAX:
+                    not INT64_MIN <= _decimal(cell) <= INT64_MAX:
                 shown = ", ".join(f"{field}={_cell_text(value)!r}" for (field, _), value in zip(_PROXYSQL_FIELDS, row))
                 raise BackendError(f"row {number} ({shown}): {name} {cell!r} is not an integer")
-            entry[name] = int(cell)
+            entry[name] = _decimal(cell)
         else:
             if cell is None:
                 raise BackendError(f"row {number}: {name} is NULL")
@@ -2178,7 +2222,7 @@ def handle_cluster_topology(server, params, query):
 def handle_instance(server, params, query):
     """GET /instances/{host}/{port}: one instance object. 400 INVALID_INSTANCE, 404, 500 INSTANCE_READ_ERROR."""
     host, port_text = params["host"], params["port"]
-    port = int(port_text) if _SIGNED_DIGITS.fullmatch(port_text) and port_text.isascii() else 0
+    port = _decimal(port_text) if _SIGNED_DIGITS.fullmatch(port_text) and port_text.isascii() else 0
     if not 1 <= port <= 65535:  # decision D6: ports outside 1..65535 are invalid input
         raise ApiError(400, "INVALID_INSTANCE", f"Invalid instance key: Invalid port: {port_text}")
     not_found = ApiError(404, "NOT_FOUND", f"Instance not found: {host}:{port_text}")
@@ -2454,7 +2498,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self._headers_buffer.append(body)
         self.flush_headers()
-        self.server.log_access(self, status, len(body))
+        self.server.log_access(self, status, 0 if self.command == "HEAD" else len(body))
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own protocol errors (400, 414, 431, 505), as envelopes; the connection closes."""
@@ -2580,15 +2624,17 @@ class ApiServer:
         return text
 
     def log_access(self, handler, status, size):
+        """One access line: time, client, method, path, status, bytes sent, milliseconds, request id."""
         if not self.access_log:
             return
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
         client = handler.client_address[0] if isinstance(handler.client_address, tuple) else "unix"
-        target = (handler.target or handler.requestline or "-")[:2000]
-        target = target.translate(http.server.BaseHTTPRequestHandler._control_char_table)
+        if handler.target:
+            request = f"{handler.command} {handler.target[:2000]}"
+        else:  # not a request line http.server could split: show it whole
+            request = f"- {(handler.requestline or '-')[:2000]}"
+        request = request.translate(http.server.BaseHTTPRequestHandler._control_char_table)
         milliseconds = (time.monotonic() - handler.started) * 1000
-        self.log(f"{now} {client} {handler.command or '-'} {target} {status} {size} {milliseconds:.1f}ms "
-                 f"id={handler.request_id or '-'}")
+        self.log(f"{_log_time()} {client} {request} {status} {size} {milliseconds:.1f}ms id={handler.request_id or '-'}")
 
     def serve_forever(self):
         """Serve until shutdown(); then finish requests in flight (up to 10 s) and close everything."""
@@ -2680,7 +2726,23 @@ class ApiServer:
     def _close_expired(self):
         now = time.monotonic()
         for connection in [parked for parked in self._parked.values() if parked.deadline < now]:
+            if connection.buffer and not connection.handshaking:  # part of a request came, too slowly
+                self._send_timeout(connection)
             self._close(connection)  # silent or too slow: the request timeout has passed
+
+    def _send_timeout(self, connection):
+        """A best-effort 408 envelope (the socket is non-blocking: what does not fit is dropped)."""
+        body = _envelope(error=ApiError(408, "REQUEST_TIMEOUT", "No complete request within the request timeout"))
+        request_id = self.new_request_id()
+        head = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: {JSON_CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n"
+                f"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nX-Request-Id: {request_id}\r\n"
+                "Connection: close\r\n\r\n")
+        try:
+            connection.sock.send(head.encode("ascii") + body)
+        except (OSError, ssl.SSLError):
+            pass
+        if self.access_log:
+            self.log(f"{_log_time()} {connection.address[0]} - (incomplete request) 408 {len(body)} - id={request_id}")
 
     def _receive(self, connection):
         sock = connection.sock
@@ -2814,6 +2876,10 @@ class ApiServer:
         self._wake_receiver.close()
         self._wake_sender.close()
         self._stopped.set()
+
+
+def _log_time():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _read_openapi_document():
@@ -3144,7 +3210,8 @@ def _demo_config(path):
 def _with_listen_address(config, address):
     """The configuration with --listen in place of ListenAddress (and of ListenSocket)."""
     if _parse_listen_address(address) is None:
-        raise ConfigError(f"--listen {address!r} is not host:port (for example 127.0.0.1:3000 or [::1]:3000)")
+        raise ConfigError(f"--listen {address!r} is not host:port with a port up to 65535 "
+                          "(for example 127.0.0.1:3000, :3000 or [::1]:3000)")
     return Config(dict(config.values, ListenAddress=address, ListenSocket=""), config.files)
 
 
@@ -3158,13 +3225,15 @@ def _argument_parser():
     source.add_argument("--config", metavar="FILE", help="orchestrator.conf.json to read (only this file)")
     source.add_argument("--demo", action="store_true",
                         help="serve a demo orchestrator state from a temporary SQLite file (nothing to install)")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on, instead of ListenAddress")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="address to listen on, instead of ListenAddress (and of ListenSocket)")
     parser.add_argument("--processes", type=int, default=1, metavar="P",
                         help="serving processes sharing the listening socket, each with its own threads and "
                              "backend connections: Python runs one thread at a time, so P processes use P cores "
                              "(default 1)")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
-                        help=f"worker threads, and so at most N backend connections (default {DEFAULT_THREADS})")
+                        help=f"worker threads per process, each with at most one backend connection (default "
+                             f"{DEFAULT_THREADS}; MySQLOrchestratorMaxPoolConnections caps it)")
     parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT, metavar="SECONDS",
                         help="close a connection that has not sent a whole request (or stays idle) this long "
                              f"(default {DEFAULT_REQUEST_TIMEOUT:g})")
@@ -3176,9 +3245,11 @@ def _argument_parser():
 def main(argv=None):
     """Command line: python -m orch_v2 [--config FILE | --demo] [--listen HOST:PORT]; returns the exit status."""
     arguments = _argument_parser().parse_args(argv)
-    if arguments.threads < 1 or arguments.processes < 1 or not arguments.request_timeout > 0:
-        sys.stderr.write("orch_v2: error: --threads, --processes and --request-timeout must be positive\n")
-        return 2
+    for option, value in (("--threads", arguments.threads), ("--processes", arguments.processes),
+                          ("--request-timeout", arguments.request_timeout)):
+        if not value > 0:
+            sys.stderr.write(f"orch_v2: error: {option} must be positive, not {value:g}\n")
+            return 2
     demo_directory = heartbeat = None
     try:
         if arguments.demo:
@@ -3188,7 +3259,7 @@ def main(argv=None):
             config = _demo_config(demo_path)
         else:
             config = load_config(arguments.config)
-        if arguments.listen:
+        if arguments.listen is not None:
             config = _with_listen_address(config, arguments.listen)
         backend = open_backend(config)
         threads = arguments.threads
@@ -3209,7 +3280,7 @@ def main(argv=None):
     if arguments.demo:
         examples = ["/clusters", "/clusters/orders", "/clusters/orders/instances", "/clusters/orders/topology",
                     "/clusters/ledger/topology", "/instances/db-orders-2/3306", "/recoveries",
-                    "/recoveries/active", "/status", "/proxysql/servers", "/openapi.yaml"]
+                    "/recoveries/active", "/status", "/proxysql/servers"] + (["/openapi.yaml"] if server.openapi else [])
         server.log("try:\n" + "\n".join(f"  curl -s {server.url}{path}" for path in examples))
     children = _fork_servers(server, arguments.processes - 1)
     if children is None:  # a forked serving process: it has served and stopped

@@ -4150,7 +4150,7 @@ class TestRouting:
 
     def test_openapi_document_is_served(self, surface):
         """issue 7: /api/v2/openapi.yaml serves the spec file."""
-        import yaml
+        yaml = _test_package("yaml")
         orch = surface.serve()
         response = orch.get("/openapi.yaml")
         with open(os.path.join(HERE, "openapi.yaml"), "rb") as stream:
@@ -4514,7 +4514,7 @@ class TestLogs:
             request_id = f"log-test-{number}"
             response = fetch(orch, path, method, dict(headers or {}, **{"X-Request-Id": request_id}))
             assert response.status == status
-            size = int(response.headers["Content-Length"])
+            size = 0 if method == "HEAD" else int(response.headers["Content-Length"])  # the bytes sent
             wait_until(lambda: access_lines(orch.log.getvalue(), request_id), 10, what="the access line")
             lines = access_lines(orch.log.getvalue(), request_id)  # written just after the answer is sent
             assert len(lines) == 1, orch.log.getvalue()
@@ -5274,10 +5274,10 @@ def closed_while_others_are_served(orch, sock):
 
 
 # (name, bytes sent, status, envelope code): malformed requests, each answered by a 4xx envelope and a close;
-# status None: bytes without a line end, closed without an answer at the request timeout (2 s here).
+# status 408: bytes without a line end, answered 408 and closed at the request timeout (2 s here).
 MALFORMED_REQUESTS = (
     ("binary garbage", bytes(range(256)) + b"\r\n\r\n", 400, "INVALID_REQUEST"),
-    ("TLS hello on the plain port", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64), None, None),
+    ("TLS hello on the plain port", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64), 408, "REQUEST_TIMEOUT"),
     ("NUL bytes", b"\0" * 100 + b"\r\n\r\n", 400, "INVALID_REQUEST"),
     ("request line without target", b"GET\r\n\r\n", 400, "INVALID_REQUEST"),
     ("HTTP/0.9", b"GET /api/v2/status\r\n", 400, "INVALID_REQUEST"),
@@ -5336,7 +5336,7 @@ class TestHostileClients:
             sender = threading.Thread(target=trickle, daemon=True)
             sender.start()
             received, seconds = closed_while_others_are_served(hostile_orch, slow)
-        assert received == b""
+        assert_request_timeout_answer(received)
         assert 2 - 0.1 <= seconds < 2 + 1.5, seconds
         assert len(sent) < len(request) / 4, sent
 
@@ -5354,9 +5354,12 @@ class TestHostileClients:
                 assert elapsed < 1, elapsed
             if time.monotonic() - opened < 4:  # well before their timeout: none was dropped to make room
                 assert all(is_open(sock) for sock in idle)
-            for sock in idle:
+            for number, sock in enumerate(idle):
                 received, _ = read_until_closed(sock, 5 + 5)
-                assert received == b""
+                if number % 2:
+                    assert received == b""  # silent: closed without an answer
+                else:
+                    assert_request_timeout_answer(received)  # half a request: a 408, then closed
             assert time.monotonic() - opened < 5 + 3
         finally:
             for sock in idle:
@@ -5371,8 +5374,9 @@ class TestHostileClients:
             with contextlib.suppress(OSError):  # the server may answer and close before it has read everything
                 sock.sendall(data)
             received, seconds = read_until_closed(sock, 10)
-        if status is None:
-            assert received == b"" and seconds < 2 + 1.5, (name, received[:300], seconds)
+        if status == 408:
+            assert 2 - 0.1 <= seconds < 2 + 1.5, (name, seconds)
+            assert_request_timeout_answer(received)
         else:
             assert seconds < 1, f"{name}: the connection stayed open {seconds:.1f} s"
             head, _, body = received.partition(b"\r\n\r\n")
@@ -5390,6 +5394,14 @@ class TestHostileClients:
             received, seconds = read_until_closed(sock, 10)
         assert received == b"" and seconds < 1
         assert "Traceback" not in hostile_orch.log.getvalue()
+
+
+def assert_request_timeout_answer(received):
+    """A client that sent part of a request gets a 408 envelope before the connection closes."""
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), received[:300]
+    assert b"\r\nConnection: close" in head
+    assert json.loads(body)["error"]["code"] == "REQUEST_TIMEOUT"
 
 
 SQL_METACHARACTERS = ("'", '"', ";", "--", "/*", "*/", "\\", "%", "_", "%_", "\\%", "`", "#", "' OR '1'='1",
@@ -5926,6 +5938,133 @@ class TestSchemathesis:
         assert orch.get("/status").status == 200
         assert len(orch.get("/clusters/orders/instances").data) == 3
         run_schemathesis(orch, str(tmp_path), proxysql_configured=True)
+
+
+# ================================================================================== edge cases from review
+
+_THOUSANDS_OF_NINES = "9" * 5000  # beyond Python's 4300-digit limit for int()
+
+
+class TestLongDigitStrings:
+    """Decimal texts of thousands of digits: still the spec's int64/uint64 rules, never a 500."""
+
+    def test_instance_port_of_thousands_of_digits_is_400_invalid_port(self, sqlite_store):
+        """instance.md 1.1: a port outside the signed 64-bit range is 400 INVALID_INSTANCE, however long."""
+        orch = sqlite_store.load("edge-digits").serve()
+        for port in (_THOUSANDS_OF_NINES, "-" + _THOUSANDS_OF_NINES):
+            assert_error(orch.get(f"/instances/digits-a/{port}"), 400, "INVALID_INSTANCE",
+                         f"Invalid instance key: Invalid port: {port}")
+
+    def test_instance_port_with_thousands_of_leading_zeros_is_that_port(self, sqlite_store):
+        """instance.md 1.1: leading zeros are allowed (013302 means 13302), however many there are."""
+        orch = sqlite_store.load("edge-digits").serve()
+        response = orch.get("/instances/digits-a/" + "0" * 5000 + "3306")
+        assert response.status == 200, response
+        assert response.data["Key"] == {"Hostname": "digits-a", "Port": 3306}
+
+    def test_comma_list_port_of_thousands_of_digits_stops_the_parse(self, store):
+        """recoveries.md 4, steps 2 and 4: a port that does not fit int64 stops the list; leading zeros do not."""
+        store.load("edge-digits")
+        store.execute("UPDATE topology_recovery SET slave_hosts = ?, lost_slaves = ?, participating_instances = ?",
+                      (f"a:1,b:{_THOUSANDS_OF_NINES},c:1", "a:1,b:" + "0" * 5000 + "2", f"c:1,{_THOUSANDS_OF_NINES}"))
+        orch = store.serve()
+        for path in ("/recoveries", "/recoveries/active"):
+            response = orch.get(path)
+            assert response.status == 200, response
+        recovery = orch.get("/recoveries").data[0]
+        assert recovery["AnalysisEntry"]["Replicas"] == [{"Hostname": "a", "Port": 1}]
+        assert recovery["LostReplicas"] == [{"Hostname": "a", "Port": 1}, {"Hostname": "b", "Port": 2}]
+        # a bare host made of digits takes DefaultInstancePort (clusters-and-topology.md 2.3, rule 2)
+        assert recovery["ParticipatingInstanceKeys"] == [{"Hostname": _THOUSANDS_OF_NINES, "Port": 3306},
+                                                         {"Hostname": "c", "Port": 1}]
+
+    def test_integer_cells_of_thousands_of_digits_clamp(self, sqlite_store):
+        """instance.md 3.4 (sqlite-backend.md 3.1: a BLOB is its bytes): int and uint clamp, nullint is invalid."""
+        sqlite_store.load("edge-digits")
+        nines, minus_nines = sqlite3.Binary(_THOUSANDS_OF_NINES.encode()), sqlite3.Binary(b"-" + b"9" * 5000)
+        sqlite_store.execute("UPDATE database_instance SET binary_log_pos = ?, uptime = ?, seconds_behind_master = ?, "
+                             "replication_sql_thread_state = ?", (nines, nines, nines, minus_nines))
+        sqlite_store.execute("UPDATE topology_recovery SET count_affected_slaves = ?, last_detection_id = ?",
+                             (nines, nines))
+        orch = sqlite_store.serve()
+        instance = orch.get("/instances/digits-a/3306").data
+        assert instance["SelfBinlogCoordinates"]["LogPos"] == 9223372036854775807
+        assert instance["Uptime"] == 18446744073709551615
+        assert instance["SecondsBehindMaster"] == {"Int64": 0, "Valid": False}
+        assert instance["ReplicationSQLThreadState"] == -9223372036854775808
+        recovery = orch.get("/recoveries").data[0]
+        assert recovery["AnalysisEntry"]["CountReplicas"] == 18446744073709551615
+        assert recovery["LastDetectionId"] == 9223372036854775807
+
+
+class TestSQLiteTimestampForms:
+    """Bare timestamp columns holding unusual values on SQLite (sqlite-backend.md 3.2)."""
+
+    def test_years_before_1000_keep_four_digits(self, sqlite_store):
+        """sqlite-backend.md 3.2 step 4: rendered as YYYY-MM-DDTHH:MM:SS, so year 999 is 0999 (TEXT and INTEGER)."""
+        sqlite_store.load("edge-timestamps")
+        sqlite_store.execute("UPDATE database_instance SET last_seen = ?", ("0999-01-02 03:04:05",))
+        sqlite_store.execute("UPDATE topology_recovery SET start_active_period = ?, acknowledged_at = ?",
+                             ("0010-02-03 04:05:06", -62135596800))  # -62135596800 s: 0001-01-01 00:00:00 UTC
+        orch = sqlite_store.serve()
+        assert orch.get("/instances/ts-a/3306").data["LastSeenTimestamp"] == "0999-01-02T03:04:05Z"
+        recovery = orch.get("/recoveries").data[0]
+        assert recovery["RecoveryStartTimestamp"] == "0010-02-03T04:05:06Z"
+        assert recovery["AcknowledgedAt"] == "0001-01-01T00:00:00Z"
+
+    def test_year_0000_is_a_valid_leap_year(self, sqlite_store):
+        """sqlite-backend.md 3.2: year exactly 4 digits and an existing date, leap years counted: 0000-02-29 exists."""
+        sqlite_store.load("edge-timestamps")
+        sqlite_store.execute("UPDATE database_instance SET last_seen = ?", ("0000-02-29 12:00:00",))
+        orch = sqlite_store.serve()
+        assert orch.get("/instances/ts-a/3306").data["LastSeenTimestamp"] == "0000-02-29T12:00:00Z"
+
+    def test_blob_in_a_bare_timestamp_column_is_not_converted(self, sqlite_store):
+        """sqlite-backend.md 3.2 converts NULL, TEXT and INTEGER only; a BLOB is its bytes as text (3.1)."""
+        sqlite_store.load("edge-timestamps")
+        sqlite_store.execute("UPDATE database_instance SET last_seen = ?", (sqlite3.Binary(b"2026-12-03 16:12:23"),))
+        sqlite_store.execute("UPDATE topology_recovery SET acknowledged_at = ?", (sqlite3.Binary(b"2026-12-03"),))
+        orch = sqlite_store.serve()
+        assert orch.get("/instances/ts-a/3306").data["LastSeenTimestamp"] == "2026-12-03 16:12:23"
+        assert orch.get("/recoveries").data[0]["AcknowledgedAt"] == "2026-12-03"
+
+
+class TestConfigurationLimits:
+    """Configuration values at the edges of their types (spec: config.md 2 and 3)."""
+
+    def test_huge_backend_read_timeout_still_reads(self, live_mariadb, mysql_store):
+        """config.md 3.1: MySQLOrchestratorReadTimeoutSeconds is any int64 (0: none); a huge one is no error."""
+        mysql_store.load("edge-digits")
+        for seconds in (10 ** 10, 9223372036854775807):
+            orch = mysql_store.serve(MySQLOrchestratorReadTimeoutSeconds=seconds)
+            response = orch.get("/clusters")
+            assert response.status == 200, response
+            assert [cluster["ClusterName"] for cluster in response.data] == ["digits-a:3306"]
+
+
+class TestInstanceLookupOrder:
+    """/instances runs the fuzzy step before the exact read (instance.md 1.4, 1.5); shortcuts must not show."""
+
+    def test_detached_host_with_trailing_space_takes_its_unique_fuzzy_match(self, store):
+        """instance.md 1.3-1.5: '//x ' keeps its space; only '//x y' contains it, so that key is read (MySQL too)."""
+        orch = store.load("edge-detached").serve()
+        response = orch.get("/instances/%2F%2Fx%20/3306")
+        assert response.status == 200, response
+        assert response.data["Key"] == {"Hostname": "//x y", "Port": 3306}
+        # '//x' is in both hostnames: two fuzzy matches, so the key stays and the exact read finds '//x'
+        assert orch.get("/instances/%2F%2Fx/3306").data["Key"] == {"Hostname": "//x", "Port": 3306}
+
+
+class TestNulInHints:
+    """Decision D3: every character of a fuzzy hint is literal; a NUL matches nothing on either backend."""
+
+    def test_hint_with_a_nul_byte_is_404(self, store):
+        orch = store.load("edge-nul").serve()
+        assert orch.get("/instances/xdb/3306").status == 200
+        assert_error(orch.get("/instances/db%00zz/3306"), 404, "NOT_FOUND", "Instance not found: db\0zz:3306")
+        assert_error(orch.get("/clusters/db%00zz"), 404, "NOT_FOUND",
+                     "Cluster not found: Unable to determine cluster name. clusterHint=db\0zz")
+        assert orch.get("/clusters/db").data["ClusterName"] == "xdb:3306"  # the same hint without the NUL
 
 
 # =============================================================================== conformance (fixtures)
