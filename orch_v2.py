@@ -640,19 +640,19 @@ def _length_encoded(data, position):
 
 
 SERVER_MORE_RESULTS_EXISTS = 8  # MySQL protocol status flag
+_COLUMN_DEFINITIONS = {}  # raw column-definition packets of a result -> their parse (TextResult)
 
 
 def _read_mysql_packet(connection):
     """The payload of one MySQL packet read on a PyMySQL connection (several packets for 16 MB and over)."""
-    pymysql = _import_pymysql()
     payload = b""
     while True:
         header = connection._read_bytes(4)
         length = header[0] | header[1] << 8 | header[2] << 16
         if header[3] != connection._next_seq_id:
             connection._force_close()
-            raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query "
-                                                     "(packet out of sequence)")
+            raise _import_pymysql().err.OperationalError(2013, "Lost connection to MySQL server during query "
+                                                               "(packet out of sequence)")
         connection._next_seq_id = (header[3] + 1) % 256
         payload += connection._read_bytes(length)
         if length < 0xFFFFFF:
@@ -678,24 +678,37 @@ def _pymysql_connection_class(send_session_statements):
         """
 
         def _get_descriptions(self):
-            connection, names, self._encodings = self.connection, [], []
-            for _ in range(self.field_count):
-                data = _read_mysql_packet(connection)
+            connection = self.connection
+            packets = tuple(_read_mysql_packet(connection) for _ in range(self.field_count))
+            if _read_mysql_packet(connection)[:1] != b"\xfe":
+                raise pymysql.err.InternalError("Protocol error: no EOF after the column definitions")
+            # A statement's column definitions are the same bytes every time: parse them once.
+            key = (connection.encoding, packets)
+            described = _COLUMN_DEFINITIONS.get(key)
+            if described is None:
+                described = _COLUMN_DEFINITIONS[key] = self._parse_definitions(packets, connection.encoding)
+                for stale in list(_COLUMN_DEFINITIONS)[:-256]:  # keep the newest 256 (a dozen statements in use)
+                    _COLUMN_DEFINITIONS.pop(stale, None)
+            self._encodings, self.converters, self.description = described
+
+        @staticmethod
+        def _parse_definitions(packets, text_encoding):
+            """(cell encodings, PyMySQL converters, cursor description) of a result's column definitions."""
+            names, encodings = [], []
+            for data in packets:
                 position = 0
                 for _ in range(4):  # catalog, schema, table, original table
                     length, position = _length_encoded(data, position)
                     position += length or 0
                 length, position = _length_encoded(data, position)
-                names.append(data[position:position + length].decode(connection.encoding))
+                names.append(data[position:position + length].decode(text_encoding))
                 length, position = _length_encoded(data, position + length)  # original name
                 position += (length or 0) + 1  # and the length of the fixed fields
                 charset, field_type = int.from_bytes(data[position:position + 2], "little"), data[position + 6]
                 binary = charset == 63 and field_type in pymysql.connections.TEXT_TYPES
-                self._encodings.append(None if binary else connection.encoding)
-            if _read_mysql_packet(connection)[:1] != b"\xfe":
-                raise pymysql.err.InternalError("Protocol error: no EOF after the column definitions")
-            self.converters = [(encoding, None) for encoding in self._encodings]
-            self.description = tuple((name, None, None, None, None, None, None) for name in names)
+                encodings.append(None if binary else text_encoding)
+            return (tuple(encodings), [(encoding, None) for encoding in encodings],
+                    tuple((name, None, None, None, None, None, None) for name in names))
 
         def _read_rowdata_packet(self):
             # All rows in one loop straight from the socket reader: no packet object and no method calls per
@@ -719,22 +732,22 @@ def _pymysql_connection_class(send_session_statements):
 
         def _parse_row(self, data, position):
             row = []
-            end = len(data)
-            for encoding in self._encodings:
-                if position >= end:
-                    break
-                length = data[position]
-                if length < 251:
-                    start = position + 1
-                elif length == 251:
-                    row.append(None)
-                    position += 1
-                    continue
-                else:
-                    length, start = _length_encoded(data, position)
-                position = start + length
-                cell = data[start:position]
-                row.append(cell.decode(encoding) if encoding else _decode_utf8(cell))
+            append = row.append
+            try:
+                for encoding in self._encodings:
+                    length = data[position]
+                    if length < 251:
+                        start = position + 1
+                    elif length == 251:  # NULL
+                        append(None)
+                        position += 1
+                        continue
+                    else:
+                        length, start = _length_encoded(data, position)
+                    position = start + length
+                    append(data[start:position].decode(encoding) if encoding else _decode_utf8(data[start:position]))
+            except IndexError:
+                pass  # a row shorter than its columns ends there, as PyMySQL's reader does
             return tuple(row)
 
     class Connection(pymysql.connections.Connection):
@@ -1171,30 +1184,30 @@ class _Record(dict):
 
 
 class _Records:
-    """Built objects by the exact inputs they were built from: a bounded, thread-safe LRU.
+    """Built objects by the exact inputs they were built from, a bounded number of each kind.
 
     Building an instance or recovery object and encoding it cost more than reading its row.  The key holds
     every input of the build (the row's cells and whatever else goes in), so an unchanged row gives the same
     object and JSON bytes, and a changed one a new object: answers always follow the current rows.
     """
 
-    def __init__(self, capacity=512):
-        self.capacity = capacity
-        self._entries = collections.OrderedDict()
-        self._lock = threading.Lock()
+    # How many objects of each kind to keep: every cluster of a large fleet (they are small), a few pages of
+    # instances and recoveries (an instance object and its JSON take about 12 KB).
+    CAPACITY = {"cluster": 4096, "instance": 256, "recovery": 256}
+
+    def __init__(self):
+        self._entries = {kind: {} for kind in self.CAPACITY}
 
     def get(self, key, build):
-        with self._lock:
-            record = self._entries.get(key)
-            if record is not None:
-                self._entries.move_to_end(key)
-                return record
-        record = _Record(build())
-        record.json = None
-        with self._lock:
-            self._entries[key] = record
-            if len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
+        """The object for key = (kind, inputs...), built by build() when missing."""
+        entries = self._entries[key[0]]
+        record = entries.get(key)  # dict operations are atomic: no lock on this path, the hot one
+        if record is None:
+            record = _Record(build())
+            record.json = None
+            if len(entries) >= self.CAPACITY[key[0]]:
+                entries.clear()  # start over rather than track the order of use on every hit
+            entries[key] = record
         return record
 
 
@@ -1796,14 +1809,15 @@ _RECOVERY_KEY_LISTS = ("slave_hosts", "lost_slaves", "participating_instances")
 
 @_memoized_for_short_text(2000, 1024)
 def _parsed_key_list(cell, default_port):
-    """The (host, port) keys of a comma list up to its first unparseable token (recoveries.md section 4)."""
+    """(the (host, port) keys of a comma list up to its first unparseable token, the hosts among them to
+    normalise) (spec: recoveries.md section 4)."""
     parsed = []
     for token in cell.split(",") if cell else ():
         key = _parse_instance_key(token, default_port)
         if key is None:
             break  # the first bad token ends the list, as orchestrator stops at its first error
         parsed.append(key)
-    return tuple(parsed)
+    return tuple(parsed), tuple(host for host, port in parsed if _is_resolvable(host, port))
 
 
 def _is_resolvable(host, port):
@@ -1904,16 +1918,17 @@ def _recoveries_from_rows(backend, rows):
     """Recovery objects of query rows; the hosts of every comma list of the page are normalised at once."""
     default_port = backend.config["DefaultInstancePort"]
     parsed = [[_parsed_key_list(_text(row[column]), default_port) for column in _RECOVERY_KEY_LISTS] for row in rows]
-    hosts = {host for lists in parsed for keys in lists for host, port in keys if _is_resolvable(host, port)}
+    hosts = {host for lists in parsed for _, to_normalise in lists for host in to_normalise}
     resolved = backend.resolver.resolve_many(backend, sorted(hosts)) if hosts else {}
     recoveries = []
     for row, lists in zip(rows, parsed):
         # The row's cells and the normalisation of its hosts are everything the object is made of.
-        normalised = tuple(resolved[host] for keys in lists for host, port in keys if _is_resolvable(host, port))
+        normalised = tuple(resolved[host] for _, to_normalise in lists for host in to_normalise)
         recoveries.append(backend.records.get(
             ("recovery", tuple(row.values()), normalised),
             lambda row=row, lists=lists: _recovery_from_row(
-                row, dict(zip(_RECOVERY_KEY_LISTS, (_key_list(keys, resolved) for keys in lists))), backend.config)))
+                row, dict(zip(_RECOVERY_KEY_LISTS, (_key_list(keys, resolved) for keys, _ in lists))),
+                backend.config)))
     return recoveries
 
 
