@@ -6337,6 +6337,7 @@ class TestStatementCounts:
 
 # =========================================================================================== benchmark
 
+BENCH_TARGET_FLEET = 6000  # the fleet size the targets are for; the larger one shows how the numbers scale
 BENCH_TARGETS = (  # endpoint, path, requests/s it must reach on the reference machine (issue 9)
     ("/clusters", "/api/v2/clusters", 350),
     ("/clusters/{alias}", "/api/v2/clusters/big", 400),
@@ -6518,7 +6519,11 @@ def benchmark_main(arguments):
         print(f"{'endpoint':30} {'req/s':>8} {'target':>7} {'ok':>4} {'p50 ms':>8} {'p99 ms':>8} {'SQL/req':>8} "
               f"{'bare SQL ms':>11} {'p50/bare':>8} {'PSS MB':>7} {'fails':>6}")
         for endpoint, row in results.items():
-            print(f"{endpoint:30} {row['rps']:8.0f} {row['target']:7d} {'yes' if row['rps'] >= row['target'] else 'NO':>4} "
+            if size != BENCH_TARGET_FLEET:  # the targets are for the 6,000-instance fleet (issue 9)
+                target, verdict = "-", "-"
+            else:
+                target, verdict = row["target"], "yes" if row["rps"] >= row["target"] else "NO"
+            print(f"{endpoint:30} {row['rps']:8.0f} {target:>7} {verdict:>4} "
                   f"{row['p50']:8.2f} {row['p99']:8.2f} {row['statements']:8.2f} {row['bare_ms']:11.2f} "
                   f"{row['p50'] / row['bare_ms']:8.1f} {row['pss_mb']:7.1f} {row['failures']:6d}")
         print(f"orch_v2 memory: peak RSS of one process {max(row['peak_rss_mb'] for row in results.values()):.1f} MB; "
