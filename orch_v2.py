@@ -71,6 +71,7 @@ __all__ = [
     "read_status",
     "render_topology",
     "resolve_cluster_hint",
+    "route_request",
 ]
 
 
@@ -3071,6 +3072,9 @@ CREATE TABLE host_agent (
 """
 
 DEMO_NODE = "orc-demo"
+DEMO_PATHS = ("/clusters", "/clusters/orders", "/clusters/orders/instances", "/clusters/orders/topology",
+              "/clusters/ledger/topology", "/instances/db-orders-2/3306", "/recoveries", "/recoveries/active",
+              "/status", "/proxysql/servers")
 DEMO_DEAD_HOST = "db-billing-1"  # the failed old master: no longer seen, so its checks stay invalid
 DEMO_CONFIG = {
     "BackendDB": "sqlite",
@@ -3286,17 +3290,7 @@ def main(argv=None):
         sys.stderr.write(f"orch_v2: error: {error}\n")
         _remove_demo(demo_directory)
         return 2
-    for warning in config.warnings:
-        server.log(f"warning: {warning}")
-    files = ", ".join(config.files) or "none found, orchestrator's defaults"
-    server.log(f"orch_v2 {__version__} serving {server.url} (backend: {backend.describe()}; "
-               f"prefix: {config.url_prefix or 'none'}; configuration: {'demo' if arguments.demo else files}; "
-               f"{arguments.processes} x {server.threads} threads)")
-    if arguments.demo:
-        examples = ["/clusters", "/clusters/orders", "/clusters/orders/instances", "/clusters/orders/topology",
-                    "/clusters/ledger/topology", "/instances/db-orders-2/3306", "/recoveries",
-                    "/recoveries/active", "/status", "/proxysql/servers"] + (["/openapi.yaml"] if server.openapi else [])
-        server.log("try:\n" + "\n".join(f"  curl -s {server.url}{path}" for path in examples))
+    _announce(server, arguments)
     children = _fork_servers(server, arguments.processes - 1)
     if children is None:  # a forked serving process: it has served and stopped
         os._exit(0)
@@ -3321,6 +3315,20 @@ def main(argv=None):
         _remove_demo(demo_directory)
     server.log("orch_v2 stopped")
     return 0
+
+
+def _announce(server, arguments):
+    """The start-up lines: warnings, what is served where (never a password), and the demo's URLs."""
+    config = server.config
+    for warning in config.warnings:
+        server.log(f"warning: {warning}")
+    files = "demo" if arguments.demo else ", ".join(config.files) or "none found, orchestrator's defaults"
+    server.log(f"orch_v2 {__version__} serving {server.url} (backend: {server.backend.describe()}; "
+               f"prefix: {config.url_prefix or 'none'}; configuration: {files}; "
+               f"{arguments.processes} x {server.threads} threads)")
+    if arguments.demo:
+        paths = DEMO_PATHS + (("/openapi.yaml",) if server.openapi else ())
+        server.log("try:\n" + "\n".join(f"  curl -s {server.url}{path}" for path in paths))
 
 
 def _fork_servers(server, count):

@@ -5851,6 +5851,19 @@ class TestOpenAPIDocument:
         assert head.headers["Content-Length"] == str(len(expected))
 
 
+class TestModuleSurface:
+    """STYLE: the public names are listed in __all__, and each exists."""
+
+    def test_all_lists_the_public_names(self):
+        public = {name for name, value in vars(orch_v2).items()
+                  if not name.startswith("_") and getattr(value, "__module__", None) == "orch_v2"
+                  and (isinstance(value, type) or callable(value))}
+        public -= {name for name in public if name.startswith("handle_")}  # the route table holds them
+        public -= {"RequestHandler"}  # http.server's handler class, used by ApiServer only
+        assert set(orch_v2.__all__) == public
+        assert all(hasattr(orch_v2, name) for name in orch_v2.__all__)
+
+
 class TestTestOnlyDependencies:
     """Issue 8: the contract's tools are test-only: in setup.py extras "test", never imported by orch_v2.py."""
 
