@@ -6,6 +6,7 @@ at the capture instant (libfaketime).  Nothing is mocked.  Run: python -m pytest
 """
 
 import ast
+import atexit
 import base64
 import concurrent.futures
 import contextlib
@@ -80,6 +81,13 @@ except ImportError:
     pymysql = None
 
 
+def scratch_directory(prefix):
+    """A new temporary directory, removed when the test session ends (whatever happens to the test)."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, directory, True)
+    return directory
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -112,7 +120,7 @@ class MariaDB:
         self.name = name
         self.frozen_at = frozen_at
         self.extra_arguments = list(extra_arguments)
-        self.directory = tempfile.mkdtemp(prefix=f"orch_v2-test-{name}-")
+        self.directory = scratch_directory(f"orch_v2-test-{name}-")
         self.socket = os.path.join(self.directory, "mysqld.sock")
         self.port = free_port()
         self.process = None
@@ -120,7 +128,7 @@ class MariaDB:
     @classmethod
     def _data_template(cls):
         if cls._template is None:
-            directory = tempfile.mkdtemp(prefix="orch_v2-test-template-")
+            directory = scratch_directory("orch_v2-test-template-")
             datadir = os.path.join(directory, "data")
             arguments = [INSTALL_DB, "--no-defaults", f"--datadir={datadir}", "--skip-test-db",
                          "--auth-root-authentication-method=normal"]
@@ -351,7 +359,7 @@ class OrchV2:
     """orch_v2's ApiServer serving in a thread of this process on a free port, its log captured."""
 
     def __init__(self, settings, threads=8, request_timeout=10.0, access_log=True, directory=None):
-        self.directory = directory or tempfile.mkdtemp(prefix="orch_v2-test-server-")
+        self.directory = directory or scratch_directory("orch_v2-test-server-")
         settings = dict(settings)
         settings.setdefault("ListenAddress", "127.0.0.1:0")
         self.config = orch_v2.load_config(write_config(self.directory, settings))
@@ -374,7 +382,7 @@ class OrchV2Process:
     """orch_v2 as its own process (python -m orch_v2), for what needs a process: signals, a frozen clock."""
 
     def __init__(self, settings, arguments=(), environment=None, directory=None):
-        self.directory = directory or tempfile.mkdtemp(prefix="orch_v2-test-process-")
+        self.directory = directory or scratch_directory("orch_v2-test-process-")
         self.port = free_port()
         settings = dict(settings, ListenAddress=f"127.0.0.1:{self.port}")
         self.config_path = write_config(self.directory, settings)
@@ -484,7 +492,7 @@ class Store:
         self.kind = kind
         self.mariadb = mariadb
         self.servers = []
-        self.directory = tempfile.mkdtemp(prefix=f"orch_v2-test-{kind}-")
+        self.directory = scratch_directory(f"orch_v2-test-{kind}-")
         if kind == "mysql":
             self.database = "orch_" + secrets.token_hex(4)
             mariadb.execute(f"CREATE DATABASE `{self.database}`")
@@ -3496,7 +3504,7 @@ class TestStatus:
         with _own_mariadb("status-count") as db, _own_store(db) as own:
             own.load("status-healthy")
             for raft, most in ((False, 2), (True, 1)):
-                orch = OrchV2(own.settings(RaftEnabled=raft), threads=1, directory=tempfile.mkdtemp())
+                orch = OrchV2(own.settings(RaftEnabled=raft), threads=1)
                 try:
                     assert orch.get("/status").status == 200  # warm-up: connects and sets up the session
                     with contextlib.closing(db.connect()) as connection:
@@ -6124,7 +6132,7 @@ def mysql_labs(shared_fixtures):
 def sqlite_lab(shared_fixtures):
     """orch_v2 as a process on a copy of sqlite-a's file, its clock frozen at the capture instant."""
     require(FAKETIME_LIBRARY, "libfaketime (Debian package faketime)")
-    directory = tempfile.mkdtemp(prefix="orch_v2-test-sqlite-a-")
+    directory = scratch_directory("orch_v2-test-sqlite-a-")
     for path in glob.glob(os.path.join(FIXTURES, "sqlite-a", "orchestrator.db*")):
         shutil.copy(path, directory)
         os.chmod(os.path.join(directory, os.path.basename(path)), 0o644)
