@@ -200,13 +200,17 @@ def _decode_json(text):
                       parse_constant=_reject_json_constant)
 
 
+def _is_json_string(value):
+    return isinstance(value, str) and not isinstance(value, _FloatLiteral)
+
+
 def _config_value(name, kind, value, current, source):
     """Decode one occurrence of a known key; a wrong type is a start-up error (spec: config.md 2)."""
     if value is None:  # null leaves scalars unchanged and empties lists and maps
         return [] if kind == "list" else {} if kind == "map" else current
     wrong = f"{source}: {name} must be "
     if kind == "string":
-        if isinstance(value, str) and not isinstance(value, _FloatLiteral):
+        if _is_json_string(value):
             return value
         raise ConfigError(wrong + "a string")
     if kind == "bool":
@@ -221,14 +225,11 @@ def _config_value(name, kind, value, current, source):
                           + " without fraction or exponent")
     if kind == "list":
         if isinstance(value, list) and not isinstance(value, _Pairs) and all(
-                item is None or (isinstance(item, str) and not isinstance(item, _FloatLiteral))
-                for item in value):
+                item is None or _is_json_string(item) for item in value):
             return ["" if item is None else item for item in value]
         raise ConfigError(wrong + "a list of strings")
     # kind == "map": occurrences merge; a pattern keeps the position where it first appeared (decision D4)
-    if isinstance(value, _Pairs) and all(
-            item is None or (isinstance(item, str) and not isinstance(item, _FloatLiteral))
-            for _, item in value):
+    if isinstance(value, _Pairs) and all(item is None or _is_json_string(item) for _, item in value):
         merged = dict(current)
         for key, item in value:
             merged[key] = "" if item is None else item
@@ -901,16 +902,14 @@ class MySQLBackend(_Backend):
         if not 0 < port <= 65535:
             raise ConfigError(f"MySQLOrchestratorPort {port} is not a TCP port")
         self.address = f"{host}:{port}"
-        connect_timeout = config["MySQLConnectTimeoutSeconds"]
-        # a socket timeout cannot exceed a year or so: longer ones are the same as a year (as for connecting)
-        read_timeout = min(config["MySQLOrchestratorReadTimeoutSeconds"], 31536000)
+        read_timeout = _socket_timeout(config["MySQLOrchestratorReadTimeoutSeconds"])
         self._connect_arguments = dict(
             host=host, port=port, user=config["MySQLOrchestratorUser"],
             password=config["MySQLOrchestratorPassword"], database=config["MySQLOrchestratorDatabase"] or None,
             charset="utf8mb4", collation="utf8mb4_general_ci",  # as orchestrator's driver
-            connect_timeout=connect_timeout if 0 < connect_timeout <= 31536000 else 31536000,
-            read_timeout=read_timeout if read_timeout > 0 else None,
-            write_timeout=read_timeout if read_timeout > 0 else None,
+            # PyMySQL wants a connect timeout: "none" (0) is a year
+            connect_timeout=_socket_timeout(config["MySQLConnectTimeoutSeconds"]) or _YEAR_SECONDS,
+            read_timeout=read_timeout, write_timeout=read_timeout,
             # Autocommit: a session left in a transaction would freeze its snapshot while NOW() moves on.
             autocommit=True, init_command="SET SESSION TRANSACTION READ ONLY",
             conv=_pymysql_text_conversions(), program_name="orch_v2", defer_connect=True,
@@ -967,6 +966,14 @@ class MySQLBackend(_Backend):
         code = error.args[0] if error.args else None
         # 2006 gone away, 2013 lost connection, 1927 killed (MariaDB), 4031 idle disconnect (MySQL 8)
         return isinstance(error, self._pymysql.err.OperationalError) and code in (2006, 2013, 1927, 4031)
+
+
+_YEAR_SECONDS = 365 * 24 * 3600
+
+
+def _socket_timeout(seconds):
+    """A configured timeout for a socket: None for 0 (none); longer than a year, which sockets refuse, is a year."""
+    return min(seconds, _YEAR_SECONDS) if seconds > 0 else None
 
 
 def _timed_out(error):
@@ -1102,11 +1109,17 @@ def _decimal(text):
     return -value if text[0] == "-" else value
 
 
+def _signed_decimal(text):
+    """The value of decimal text ([+-]?[0-9]+, ASCII only), else None."""
+    if text is None or not text.isascii() or not (text.isdigit() or _SIGNED_DIGITS.fullmatch(text)):
+        return None
+    return _decimal(text)
+
+
 def _int(cell):
     """orchestrator's integer conversion: decimal text clamped to int64, anything else 0."""
-    if cell is None or not cell.isascii() or not (cell.isdigit() or _SIGNED_DIGITS.fullmatch(cell)):
-        return 0
-    return max(INT64_MIN, min(INT64_MAX, _decimal(cell)))
+    value = _signed_decimal(cell)
+    return 0 if value is None else max(INT64_MIN, min(INT64_MAX, value))
 
 
 def _uint(cell):
@@ -1117,21 +1130,25 @@ def _uint(cell):
 
 
 def _bool(cell):
-    return _int(cell) != 0
+    return cell == "1" or (cell not in (None, "0", "") and _int(cell) != 0)  # "1" and "0" are most cells
 
 
 def _nullint(cell):
     """A Go sql.NullInt64: valid only for decimal text within int64."""
-    if cell is not None and cell.isascii() and (cell.isdigit() or _SIGNED_DIGITS.fullmatch(cell)):
-        value = _decimal(cell)
-        if INT64_MIN <= value <= INT64_MAX:
-            return {"Int64": value, "Valid": True}
+    value = _signed_decimal(cell)
+    if value is not None and INT64_MIN <= value <= INT64_MAX:
+        return {"Int64": value, "Valid": True}
     return {"Int64": 0, "Valid": False}
 
 
 def _int64(value):
     """Wrap an integer to int64 as Go's arithmetic does."""
     return (value + 2 ** 63) % 2 ** 64 - 2 ** 63
+
+
+def _lag_beyond_delay(seconds, delay):
+    """|seconds - delay| in orchestrator's int64 arithmetic (delay is a uint)."""
+    return _int64(abs(_int64(seconds - _int64(delay))))
 
 
 def _key(hostname, port):
@@ -1146,13 +1163,10 @@ def _decode_key_list(cell):
     if cell == "[]":
         return []
     try:
-        value = json.loads(_text(cell), object_pairs_hook=_Pairs, parse_float=_FloatLiteral,
-                           parse_constant=_reject_json_constant)
+        value = _decode_json(_text(cell))  # Go's rules, as for the configuration files
     except (ValueError, RecursionError):
         return []
-    if value is None:
-        return []
-    if type(value) is not list:
+    if type(value) is not list:  # null, or not an array
         return []
     keys = set()
     for element in value:
@@ -1609,7 +1623,7 @@ def _problems(instance, reasonable_lag):
     elif (instance["ReplicationSQLThreadState"] != -1 and instance["ReplicationIOThreadState"] != -1
           and not _is_replica_running(instance)):
         problems.append("not_replicating")
-    elif lag["Valid"] and _int64(abs(_int64(lag["Int64"] - _int64(instance["SQLDelay"])))) > reasonable_lag:
+    elif lag["Valid"] and _lag_beyond_delay(lag["Int64"], instance["SQLDelay"]) > reasonable_lag:
         problems.append("replication_lag")
     if instance["GtidErrant"]:
         problems.append("errant_gtid")
@@ -1625,8 +1639,7 @@ def _instance_from_row(row, config, snapshots=0):
     for name, column in _TEXT_FIELDS:
         instance[name] = cell(column) or ""
     for name, column in _BOOL_FIELDS:
-        value = cell(column)
-        instance[name] = value == "1" or (value not in (None, "0", "") and _int(value) != 0)
+        instance[name] = _bool(cell(column))
     for name, column in _INT_FIELDS:
         instance[name] = _int(cell(column))
     for name, column in _UINT_FIELDS:
@@ -1677,10 +1690,12 @@ def _read_instances(backend, statement, params):
     counts = {}
     if backend.config["ServeAgentsHttp"] and rows:
         counts = _read_snapshot_counts(backend, [_text(row["hostname"]) for row in rows])
-    return [backend.records.get(("instance", tuple(row.values()), counts.get(_text(row["hostname"]), 0)),
-                                lambda row=row: _instance_from_row(row, backend.config,
-                                                                   counts.get(_text(row["hostname"]), 0)))
-            for row in rows]
+    instances = []
+    for row in rows:
+        snapshots = counts.get(_text(row["hostname"]), 0)
+        instances.append(backend.records.get(("instance", tuple(row.values()), snapshots),
+                                             lambda: _instance_from_row(row, backend.config, snapshots)))
+    return instances
 
 
 def read_instance(backend, host, port):
@@ -1712,11 +1727,16 @@ def _cluster_info(row, config):
             if pattern is not None and pattern.search(name):
                 alias = mapped_alias or alias
                 break
+    return _cluster_object(name, alias, _text(row["domain_name"]), _uint(row["count_instances"]), config)
+
+
+def _cluster_object(name, alias, domain, count, config):
+    """orchestrator's ClusterInfo, with the two automated-recovery filters applied (clusters-and-topology.md 1)."""
     return {
         "ClusterName": name,
         "ClusterAlias": alias,
-        "ClusterDomain": _text(row["domain_name"]),
-        "CountInstances": _uint(row["count_instances"]),
+        "ClusterDomain": domain,
+        "CountInstances": count,
         "HeuristicLag": 0,
         "HasAutomatedMasterRecovery": any(f.matches(name, alias) for f in config.master_filters),
         "HasAutomatedIntermediateMasterRecovery": any(f.matches(name, alias) for f in config.intermediate_filters),
@@ -1843,11 +1863,7 @@ def _analysis_entry(row, replicas, config):
     name, alias = _text(row["cluster_name"]), _text(row["cluster_alias"])
     entry = dict(_ANALYSIS_ENTRY_TEMPLATE)
     entry["AnalyzedInstanceKey"] = _key(_text(row["hostname"]), _int(row["port"]))
-    entry["ClusterDetails"] = {
-        "ClusterName": name, "ClusterAlias": alias, "ClusterDomain": "", "CountInstances": 0, "HeuristicLag": 0,
-        "HasAutomatedMasterRecovery": any(f.matches(name, alias) for f in config.master_filters),
-        "HasAutomatedIntermediateMasterRecovery": any(f.matches(name, alias) for f in config.intermediate_filters),
-    }
+    entry["ClusterDetails"] = _cluster_object(name, alias, "", 0, config)  # the stored alias (recoveries.md 5)
     entry["CountReplicas"] = _uint(row["count_affected_slaves"])
     entry["Replicas"] = replicas
     entry["SlaveHosts"] = replicas
@@ -2024,11 +2040,11 @@ def _proxysql_entry(number, row):
     for index, (name, kind) in enumerate(_PROXYSQL_FIELDS):
         cell = _cell_text(row[index]) if index < len(row) else None
         if kind is int:
-            if cell is None or not cell.isascii() or not _SIGNED_DIGITS.fullmatch(cell) or \
-                    not INT64_MIN <= _decimal(cell) <= INT64_MAX:
+            value = _signed_decimal(cell)
+            if value is None or not INT64_MIN <= value <= INT64_MAX:
                 shown = ", ".join(f"{field}={_cell_text(value)!r}" for (field, _), value in zip(_PROXYSQL_FIELDS, row))
                 raise BackendError(f"row {number} ({shown}): {name} {cell!r} is not an integer")
-            entry[name] = _decimal(cell)
+            entry[name] = value
         else:
             if cell is None:
                 raise BackendError(f"row {number}: {name} is NULL")
@@ -2100,7 +2116,7 @@ def _status_token(instance, is_replica, is_running, reasonable_lag):
     if is_replica:
         behind = instance["SecondsBehindMaster"]["Int64"]
         delay = instance["SQLDelay"]
-        excess = _int64(abs(_int64(behind - _int64(delay)))) if delay > 0 else behind
+        excess = _lag_beyond_delay(behind, delay) if delay > 0 else behind
         if excess > reasonable_lag:
             return "lag"
     return "ok"
@@ -2238,8 +2254,8 @@ def handle_cluster_topology(server, params, query):
 def handle_instance(server, params, query):
     """GET /instances/{host}/{port}: one instance object. 400 INVALID_INSTANCE, 404, 500 INSTANCE_READ_ERROR."""
     host, port_text = params["host"], params["port"]
-    port = _decimal(port_text) if _SIGNED_DIGITS.fullmatch(port_text) and port_text.isascii() else 0
-    if not 1 <= port <= 65535:  # decision D6: ports outside 1..65535 are invalid input
+    port = _signed_decimal(port_text)
+    if port is None or not 1 <= port <= 65535:  # decision D6: ports outside 1..65535 are invalid input
         raise ApiError(400, "INVALID_INSTANCE", f"Invalid instance key: Invalid port: {port_text}")
     not_found = ApiError(404, "NOT_FOUND", f"Instance not found: {host}:{port_text}")
     if not _is_storable(host):
@@ -2259,8 +2275,7 @@ def handle_recoveries(server, params, query):
     page_text = query.get("page", "")
     if page_text and not (page_text.isascii() and page_text.isdigit()):  # decision D6
         raise ApiError(400, "INVALID_PARAMETER", f"Invalid parameter page: {page_text}")
-    digits = page_text.lstrip("0") or "0"
-    page = int(digits) if len(digits) <= 20 else INT64_MAX  # a page that large is past any table
+    page = _decimal(page_text) if page_text else 0  # a page too large for any table reads nothing
     return read_recoveries(server.backend, query.get("cluster", ""), query.get("alias", ""), page,
                            query.get("unacknowledged") == "true")
 
@@ -2384,6 +2399,12 @@ def _is_authorized(config, header):
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
+def _answer_headers(content_type, body, request_id):
+    """The headers of every answer (issue 7), whoever writes it."""
+    return (("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"), ("X-Request-Id", request_id))
+
+
 class _SocketWriter:
     """A wfile that always writes everything (socket.sendall)."""
 
@@ -2504,9 +2525,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.server.log(f"request {self.request_id}: cannot encode\n{traceback.format_exc().rstrip()}")
                 status, body = 500, _envelope(error=ApiError(500, "INTERNAL_ERROR", "Cannot encode the answer"))
         self.send_response(status)
-        for name, value in (("Content-Type", content_type), ("Content-Length", str(len(body))),
-                            ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
-                            ("X-Request-Id", self.request_id), *headers):
+        for name, value in (*_answer_headers(content_type, body, self.request_id), *headers):
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -2655,11 +2674,12 @@ class ApiServer:
     def serve_forever(self):
         """Serve until shutdown(); then finish requests in flight (up to 10 s) and close everything."""
         self._open_loop()
-        workers = [threading.Thread(target=self._work, args=(self._tasks,), name=f"orch_v2-worker-{number}",
-                                    daemon=True) for number in range(self.threads)]
-        workers += [threading.Thread(target=self._work, args=(self._quick_tasks,), name=f"orch_v2-quick-{number}",
-                                     daemon=True) for number in range(QUICK_WORKERS)]
-        for worker in workers:
+        workers = [(tasks, threading.Thread(target=self._work, args=(tasks,), name=f"orch_v2-{kind}-{number}",
+                                            daemon=True))
+                   for tasks, kind, count in ((self._tasks, "worker", self.threads),
+                                              (self._quick_tasks, "quick", QUICK_WORKERS))
+                   for number in range(count)]
+        for _, worker in workers:
             worker.start()
         self._listener.setblocking(False)
         self._selector.register(self._listener, selectors.EVENT_READ, "accept")
@@ -2750,9 +2770,8 @@ class ApiServer:
         """A best-effort 408 envelope (the socket is non-blocking: what does not fit is dropped)."""
         body = _envelope(error=ApiError(408, "REQUEST_TIMEOUT", "No complete request within the request timeout"))
         request_id = self.new_request_id()
-        head = (f"HTTP/1.1 408 Request Timeout\r\nContent-Type: {JSON_CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n"
-                f"Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nX-Request-Id: {request_id}\r\n"
-                "Connection: close\r\n\r\n")
+        headers = (*_answer_headers(JSON_CONTENT_TYPE, body, request_id), ("Connection", "close"))
+        head = "HTTP/1.1 408 Request Timeout\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers) + "\r\n"
         try:
             connection.sock.send(head.encode("ascii") + body)
         except (OSError, ssl.SSLError):
@@ -2883,8 +2902,8 @@ class ApiServer:
         with self._busy_changed:
             self._busy_changed.wait_for(lambda: self._busy == 0 and self._tasks.empty() and self._quick_tasks.empty(),
                                         timeout=SHUTDOWN_GRACE_SECONDS)
-        for worker in workers:
-            (self._quick_tasks if worker.name.startswith("orch_v2-quick") else self._tasks).put(None)
+        for tasks, _ in workers:
+            tasks.put(None)  # one stop mark per worker, on its own queue
         for connection in list(self._handed_back):
             self._close_socket(connection.sock)
         self.backend.close()
