@@ -449,8 +449,12 @@ class Config:
             if self.listen is None:
                 raise ConfigError(f"ListenAddress {values['ListenAddress']!r} is not host:port with a port up to "
                                   "65535 (for example 127.0.0.1:3000, :3000 or [::1]:3000)")
-        if values["AuthenticationMethod"].lower() == "multi" and not values["HTTPAuthUser"]:
+        self.auth_method = values["AuthenticationMethod"].lower()
+        if self.auth_method == "multi" and not values["HTTPAuthUser"]:
             raise ConfigError("AuthenticationMethod multi needs a non-empty HTTPAuthUser")
+        self.auth_user = values["HTTPAuthUser"].encode("utf-8")
+        self.auth_password = values["HTTPAuthPassword"].encode("utf-8")
+        self.valid_ous = frozenset(values["SSLValidOUs"])
         if self.backend_kind == "sqlite":
             self.sqlite_path = _sqlite_path(values["SQLite3DataFile"])
         if values["ProxySQLAdminAddress"] and values["ProxySQLWriterHostgroup"] <= 0:
@@ -485,17 +489,34 @@ def _sqlite_path(data_file):
     return path
 
 
-def load_config(path=None):
+def _default_values():
+    """orchestrator's defaults for every key, with fresh lists and maps that a file can change."""
+    return {name: (list(default) if kind == "list" else dict(default) if kind == "map" else default)
+            for name, kind, default in CONFIG_KEYS}
+
+
+def _apply_listen_option(values, address):
+    """--listen HOST:PORT in place of ListenAddress and of ListenSocket; a malformed one is a start-up error."""
+    if address is None:
+        return
+    if _parse_listen_address(address) is None:
+        raise ConfigError(f"--listen {address!r} is not host:port with a port up to 65535 "
+                          "(for example 127.0.0.1:3000, :3000 or [::1]:3000)")
+    values.update(ListenAddress=address, ListenSocket="")
+
+
+def load_config(path=None, listen=None):
     """Read orchestrator's configuration the way orchestrator does and return a Config.
 
     With path, only that file is read; without, every file of DEFAULT_CONFIG_FILES that exists applies in
-    order on top of orchestrator's defaults.  Raises ConfigError on anything orchestrator would refuse.
+    order on top of orchestrator's defaults.  listen (the --listen option) replaces ListenAddress and
+    ListenSocket.  Raises ConfigError on anything orchestrator would refuse.
     """
-    values = {name: (list(default) if kind == "list" else dict(default) if kind == "map" else default)
-              for name, kind, default in CONFIG_KEYS}
+    values = _default_values()
     files = [path] if path is not None else [name for name in DEFAULT_CONFIG_FILES if os.path.exists(name)]
     for name in files:
         _apply_config_file(values, name)
+    _apply_listen_option(values, listen)
     config = Config(values, files)
     if not files:
         config.warnings.append("no configuration file found (" + ", ".join(DEFAULT_CONFIG_FILES) +
@@ -2374,11 +2395,9 @@ def _query_parameters(query):
 
 def _is_authorized(config, header):
     """orchestrator's basic and multi authentication on read routes (spec: config.md 6.3)."""
-    method = config["AuthenticationMethod"].lower()
+    method, user, password = config.auth_method, config.auth_user, config.auth_password
     if method not in ("basic", "multi"):
         return True
-    user = config["HTTPAuthUser"].encode("utf-8")
-    password = config["HTTPAuthPassword"].encode("utf-8")
     given = (header or "").encode("latin-1", "replace")
     if method == "basic":
         return hmac.compare_digest(given, b"Basic " + base64.b64encode(user + b":" + password))
@@ -2498,7 +2517,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             certificate = self.connection.getpeercert() or {}
             units = {value for rdn in certificate.get("subject", ()) for name, value in rdn
                      if name == "organizationalUnitName"}
-            if not units & set(config["SSLValidOUs"]):
+            if not units & config.valid_ous:
                 raise ApiError(401, "UNAUTHORIZED", "Invalid OU")
         if not _is_authorized(config, self.headers.get("Authorization")):
             # issue 7 names the realm orch_v2 (orchestrator's own challenge says "Authorization Required")
@@ -3235,23 +3254,16 @@ class _DemoHeartbeat(threading.Thread):
             connection.close()
 
 
-def _demo_config(path):
-    values = {name: (list(default) if kind == "list" else dict(default) if kind == "map" else default)
-              for name, kind, default in CONFIG_KEYS}
+def _demo_config(path, listen=None):
+    """The demo's configuration: orchestrator's defaults, DEMO_CONFIG and the demo's SQLite file."""
+    values = _default_values()
     values.update(DEMO_CONFIG, SQLite3DataFile=path)
     _adjust_config(values)
+    _apply_listen_option(values, listen)
     return Config(values)
 
 
 # ======================================================================================== command line
-
-def _with_listen_address(config, address):
-    """The configuration with --listen in place of ListenAddress (and of ListenSocket)."""
-    if _parse_listen_address(address) is None:
-        raise ConfigError(f"--listen {address!r} is not host:port with a port up to 65535 "
-                          "(for example 127.0.0.1:3000, :3000 or [::1]:3000)")
-    return Config(dict(config.values, ListenAddress=address, ListenSocket=""), config.files)
-
 
 def _argument_parser():
     parser = argparse.ArgumentParser(
@@ -3294,11 +3306,9 @@ def main(argv=None):
             demo_directory = tempfile.mkdtemp(prefix="orch_v2-demo-")
             demo_path = os.path.join(demo_directory, "orchestrator.db")
             create_demo_database(demo_path)
-            config = _demo_config(demo_path)
+            config = _demo_config(demo_path, arguments.listen)
         else:
-            config = load_config(arguments.config)
-        if arguments.listen is not None:
-            config = _with_listen_address(config, arguments.listen)
+            config = load_config(arguments.config, arguments.listen)
         backend = open_backend(config)
         threads = arguments.threads
         if backend.kind == "MySQL" and config["MySQLOrchestratorMaxPoolConnections"] > 0:

@@ -763,6 +763,20 @@ class TestDefaultConfigurationFiles:
         assert config.files == ()
         assert config["ListenAddress"] == ":3000" and config["RaftAdvertise"] == ""
 
+    def test_listen_option_keeps_the_no_file_warning(self, workdir):
+        """issue 2: --listen replaces ListenAddress and ListenSocket and loses none of the start-up warnings."""
+        config = orch_v2.load_config(listen="127.0.0.1:0")
+        assert config["ListenAddress"] == "127.0.0.1:0" and config.listen == ("127.0.0.1", 0)
+        assert [warning.split(" (")[0] for warning in config.warnings] == ["no configuration file found"]
+
+    def test_listen_option_replaces_a_listen_socket(self, workdir):
+        """issue 2: --listen wins over a ListenSocket from the file; a malformed one names --listen."""
+        write_config(".", {"ListenSocket": "/run/orchestrator.sock", "ListenAddress": "127.0.0.1:1111"})
+        config = orch_v2.load_config(listen="[::1]:4000")
+        assert (config["ListenSocket"], config.listen) == ("", ("::1", 4000))
+        with pytest.raises(orch_v2.ConfigError, match=re.escape("--listen '127.0.0.1'")):
+            orch_v2.load_config(listen="127.0.0.1")
+
     def test_conf_then_working_directory_file_apply_in_order(self, workdir):
         """config.md 1: conf/orchestrator.conf.json, then orchestrator.conf.json, each on top of the previous."""
         os.mkdir("conf")
